@@ -1,0 +1,13 @@
+"""Command line and wire contract of the CloudMatrix384 emulator.
+
+`cmx.v1` holds the Python stubs generated from `proto/cmx/v1/emulator.proto`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cmx-emulator")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,7 @@
+"""Allow `python -m cmx`."""
+
+import sys
+
+from cmx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the `cmx.v1` wire contract (run `make proto`)."""
