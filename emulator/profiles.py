@@ -1,0 +1,274 @@
+"""Hardware, model and deployment profiles: frozen, typed, loaded from JSON.
+
+A profile is data: a smaller supernode or another MoE model is a new JSON file
+beside the defaults in `emulator/profiles/`, not new code. Every run can save
+the profiles it used with `profiles_to_json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from emulator.errors import ConfigError
+
+__all__ = [
+    "DeploymentConfig",
+    "HardwareProfile",
+    "ModelProfile",
+    "Precision",
+    "Profiles",
+    "load_hardware",
+    "load_model",
+    "default_profiles",
+    "profiles_to_json",
+]
+
+_T = TypeVar("_T")
+
+
+class Precision(enum.Enum):
+    """Numeric format of weights and activations in matrix multiplications."""
+
+    BF16 = "bf16"
+    INT8 = "int8"
+
+    @property
+    def bytes_per_element(self) -> int:
+        return 2 if self is Precision.BF16 else 1
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A supernode's dies, memory, compute and interconnect; figures per die."""
+
+    name: str
+    source: str
+    num_npus: int
+    dies_per_npu: int
+    npus_per_node: int
+    hbm_bytes_per_die: float
+    hbm_bandwidth_gb_per_s: float
+    bf16_tflops_per_die: float
+    int8_tops_per_die: float
+    ub_bandwidth_gb_per_s: float
+    ub_latency_intra_node_us: float
+    ub_latency_inter_node_us: float
+    rdma_gbit_per_s_per_die: float
+
+    @property
+    def num_dies(self) -> int:
+        return self.num_npus * self.dies_per_npu
+
+    def peak_flops_per_die(self, precision: Precision) -> float:
+        """Peak dense operations per second of one die in `precision`."""
+        if precision is Precision.INT8:
+            return self.int8_tops_per_die * 1e12
+        return self.bf16_tflops_per_die * 1e12
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Architecture of a DeepSeek-style MoE model with MLA attention."""
+
+    name: str
+    source: str
+    num_layers: int
+    num_dense_layers: int
+    hidden_size: int
+    num_routed_experts: int
+    num_shared_experts: int
+    experts_per_token: int
+    expert_width: int
+    dense_ffn_width: int
+    num_attention_heads: int
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    vocab_size: int
+    total_params: float
+    activated_params: float
+    mtp_modules: int
+    max_context_tokens: int
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.num_dense_layers
+
+    def kv_bytes_per_token(self, precision: Precision) -> int:
+        """KV cache bytes of one token over all layers.
+
+        MLA caches the compressed latent (kv_lora_rank) plus the decoupled
+        rope key (qk_rope_head_dim) per layer: (512 + 64) x 61 x 2 = 70,272
+        bytes in BF16 for DeepSeek-R1, half that in INT8.
+        """
+        per_layer = self.kv_lora_rank + self.qk_rope_head_dim
+        return per_layer * self.num_layers * precision.bytes_per_element
+
+    @property
+    def attention_params_per_layer(self) -> int:
+        """Weights of one MLA block: query, key-value and output projections."""
+        heads = self.num_attention_heads
+        qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+        q_down = self.hidden_size * self.q_lora_rank
+        q_up = self.q_lora_rank * heads * qk_head_dim
+        kv_down = self.hidden_size * (self.kv_lora_rank + self.qk_rope_head_dim)
+        kv_up = self.kv_lora_rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        output = heads * self.v_head_dim * self.hidden_size
+        return q_down + q_up + kv_down + kv_up + output
+
+    @property
+    def expert_params(self) -> int:
+        """Weights of one expert in one layer (gate, up and down projections)."""
+        return 3 * self.hidden_size * self.expert_width
+
+    @property
+    def dense_ffn_params(self) -> int:
+        """Weights of the feed-forward block of one dense layer."""
+        return 3 * self.hidden_size * self.dense_ffn_width
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """How the model is laid out on the supernode and how it is scheduled.
+
+    Defaults are the deployment of the CloudMatrix384 serving paper: six
+    prefill instances of 16 NPUs (EP32) and one decode instance of 160 NPUs
+    (EP320, attention data-parallel on every die), INT8, MTP with one draft
+    token accepted about 70% of the time, 96 sequences per NPU.
+    """
+
+    prefill_instances: int = 6
+    prefill_npus_per_instance: int = 16
+    decode_instances: int = 1
+    decode_npus_per_instance: int = 160
+    precision: Precision = Precision.INT8
+    mtp_draft_tokens: int = 1
+    mtp_acceptance: float = 0.7
+    max_batch_per_npu: int = 96
+    prefill_batch_tokens: int = 16384
+    expert_imbalance: float = 1.0
+    step_overhead_ms: float = 1.0
+    # Fraction of peak compute reached; fitted to the published prefill and
+    # decode rows by `emulator.calibration.fit_efficiencies`.
+    prefill_efficiency: float = 0.35717
+    decode_efficiency: float = 0.50572
+    tpot_slo_ms: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive_ints = {
+            "prefill_instances": self.prefill_instances,
+            "prefill_npus_per_instance": self.prefill_npus_per_instance,
+            "decode_instances": self.decode_instances,
+            "decode_npus_per_instance": self.decode_npus_per_instance,
+            "max_batch_per_npu": self.max_batch_per_npu,
+            "prefill_batch_tokens": self.prefill_batch_tokens,
+        }
+        for name, value in positive_ints.items():
+            if value < 1:
+                raise ConfigError(f"deployment {name} must be at least 1, got {value}")
+        if self.mtp_draft_tokens < 0:
+            raise ConfigError(
+                f"deployment mtp_draft_tokens must be 0 or more, "
+                f"got {self.mtp_draft_tokens}"
+            )
+        if not 0.0 <= self.mtp_acceptance <= 1.0:
+            raise ConfigError(
+                "deployment mtp_acceptance must be in [0, 1], "
+                f"got {self.mtp_acceptance}"
+            )
+        for name in ("prefill_efficiency", "decode_efficiency"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"deployment {name} must be in (0, 1], got {value}")
+        if self.expert_imbalance < 1.0:
+            raise ConfigError(
+                f"deployment expert_imbalance must be 1.0 or more, "
+                f"got {self.expert_imbalance}"
+            )
+
+    def npus_used(self) -> int:
+        return (
+            self.prefill_instances * self.prefill_npus_per_instance
+            + self.decode_instances * self.decode_npus_per_instance
+        )
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """The three inputs of the model, saved together with every run."""
+
+    hardware: HardwareProfile
+    model: ModelProfile
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+
+    def __post_init__(self) -> None:
+        available = self.hardware.num_npus
+        if self.deployment.npus_used() > available:
+            raise ConfigError(
+                f"deployment uses {self.deployment.npus_used()} NPUs but "
+                f"{self.hardware.name} has {available}"
+            )
+
+
+def load_hardware(path: str | Path | None = None) -> HardwareProfile:
+    """Load a hardware profile; None loads the bundled CloudMatrix384."""
+    return _load(HardwareProfile, path, "cloudmatrix384.json")
+
+
+def load_model(path: str | Path | None = None) -> ModelProfile:
+    """Load a model profile; None loads the bundled DeepSeek-R1."""
+    return _load(ModelProfile, path, "deepseek_r1.json")
+
+
+def default_profiles(**deployment_overrides: Any) -> Profiles:
+    """Return CloudMatrix384 with DeepSeek-R1 and the paper's deployment."""
+    deployment = DeploymentConfig(**deployment_overrides)
+    return Profiles(load_hardware(), load_model(), deployment)
+
+
+def profiles_to_json(profiles: Profiles) -> str:
+    """Serialise profiles to JSON, enums as their values."""
+
+    def encode(value: object) -> object:
+        if isinstance(value, enum.Enum):
+            return value.value
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+    return json.dumps(dataclasses.asdict(profiles), default=encode, sort_keys=True)
+
+
+def _load(kind: type[_T], path: str | Path | None, bundled: str) -> _T:
+    if path is None:
+        text = resources.files("emulator").joinpath("profiles", bundled).read_text()
+        where = f"bundled profile {bundled}"
+    else:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise ConfigError(
+                f"cannot read profile {where}: {error.strerror}"
+            ) from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"profile {where} is not valid JSON: {error}") from None
+
+    expected = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    missing = sorted(expected - fields.keys())
+    unknown = sorted(fields.keys() - expected)
+    if missing or unknown:
+        raise ConfigError(
+            f"profile {where} does not match {kind.__name__}: "
+            f"missing {missing or 'nothing'}, unknown {unknown or 'nothing'}"
+        )
+    return kind(**fields)
