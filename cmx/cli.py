@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cmx {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
         help="log more detail (-v for INFO, -vv for DEBUG)",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

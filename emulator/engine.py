@@ -172,6 +172,7 @@ class DecodeInstance:
         self._context_sum = 0
         self._stepping = False
         self.steps = 0
+        self.peak_batch_size = 0
 
     @property
     def load(self) -> int:
@@ -206,6 +207,7 @@ class DecodeInstance:
             return
 
         self._stepping = True
+        self.peak_batch_size = max(self.peak_batch_size, len(self._active))
         # Sequences are spread evenly over the dies; the busiest die holds
         # ceil(n / dies) of them, at the mean context, and sets the step time.
         on_busiest_die = math.ceil(len(self._active) / self._dies)

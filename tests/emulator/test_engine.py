@@ -1,0 +1,185 @@
+"""The supernode model in virtual time, with hand-worked timings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emulator.core import EventQueue
+from emulator.costs import CostModel, PrefillChunk
+from emulator.engine import RequestRecord, RequestSpec, Supernode
+from emulator.profiles import Profiles, default_profiles
+
+
+class Recorder:
+    """Sink keeping every token time and the finished record."""
+
+    def __init__(self) -> None:
+        self.times_s: list[float] = []
+        self.indexes: list[int] = []
+        self.finished: RequestRecord | None = None
+
+    def on_tokens(self, first_index: int, emulated_at_s: Sequence[float]) -> None:
+        self.indexes.extend(range(first_index, first_index + len(emulated_at_s)))
+        self.times_s.extend(emulated_at_s)
+
+    def on_finish(self, record: RequestRecord) -> None:
+        self.finished = record
+
+
+def make_supernode(profiles: Profiles) -> tuple[Supernode, EventQueue]:
+    events = EventQueue()
+    return Supernode(profiles, events, np.random.default_rng(0)), events
+
+
+def test_single_request_ttft_is_prefill_plus_transfer() -> None:
+    profiles = default_profiles()
+    supernode, events = make_supernode(profiles)
+    costs = CostModel(profiles)
+    sink = Recorder()
+
+    supernode.submit(RequestSpec("r0", input_tokens=4096, output_tokens=1), sink)
+    events.run()
+
+    expected_s = costs.prefill_s([PrefillChunk(0, 4096)]) + costs.kv_transfer_s(4096)
+    assert sink.times_s == [pytest.approx(expected_s, rel=1e-12)]
+    assert sink.finished is not None
+    assert sink.finished.decode_instance == -1  # one token needs no decode
+
+
+def test_decode_without_mtp_steps_once_per_token() -> None:
+    profiles = default_profiles(mtp_draft_tokens=0)
+    supernode, events = make_supernode(profiles)
+    costs = CostModel(profiles)
+    sink = Recorder()
+
+    supernode.submit(RequestSpec("r0", input_tokens=1000, output_tokens=4), sink)
+    events.run()
+
+    first_s = costs.prefill_s([PrefillChunk(0, 1000)]) + costs.kv_transfer_s(1000)
+    # Step k runs with context 1000 + k tokens (the first token is made by prefill).
+    expected = [first_s]
+    for context in (1001, 1002, 1003):
+        expected.append(expected[-1] + costs.decode_step_s([context]))
+    assert sink.times_s == pytest.approx(expected, rel=1e-12)
+    assert sink.indexes == [0, 1, 2, 3]
+
+
+def test_mtp_full_acceptance_doubles_tokens_per_step() -> None:
+    profiles = default_profiles(mtp_draft_tokens=1, mtp_acceptance=1.0)
+    supernode, events = make_supernode(profiles)
+    sink = Recorder()
+
+    supernode.submit(RequestSpec("r0", input_tokens=100, output_tokens=9), sink)
+    events.run()
+
+    # 1 token from prefill, then 4 steps of 2 tokens each.
+    assert len(sink.times_s) == 9
+    assert supernode.decode[0].steps == 4
+    assert sink.times_s[1] == sink.times_s[2]
+
+
+def test_long_prompt_is_chunked_across_iterations() -> None:
+    profiles = default_profiles(prefill_batch_tokens=1000, prefill_instances=1)
+    supernode, events = make_supernode(profiles)
+    costs = CostModel(profiles)
+    sink = Recorder()
+
+    supernode.submit(RequestSpec("r0", input_tokens=2500, output_tokens=1), sink)
+    events.run()
+
+    chunks = [PrefillChunk(0, 1000), PrefillChunk(1000, 2000), PrefillChunk(2000, 2500)]
+    prefill_s = sum(costs.prefill_s([chunk]) for chunk in chunks)
+    assert sink.times_s[0] == pytest.approx(
+        prefill_s + costs.kv_transfer_s(2500), rel=1e-12
+    )
+
+
+def test_requests_share_prefill_iteration_fifo() -> None:
+    profiles = default_profiles(prefill_instances=1, prefill_batch_tokens=3000)
+    supernode, events = make_supernode(profiles)
+    costs = CostModel(profiles)
+    sinks = [Recorder() for _ in range(3)]
+
+    for index, sink in enumerate(sinks):
+        supernode.submit(RequestSpec(f"r{index}", 2000, 1), sink)
+    events.run()
+
+    # The idle instance starts r0 alone. The next iteration takes r1 whole and
+    # the first 1000 tokens of r2; the last one takes the rest of r2.
+    first = costs.prefill_s([PrefillChunk(0, 2000)])
+    second = costs.prefill_s([PrefillChunk(0, 2000), PrefillChunk(0, 1000)])
+    third = costs.prefill_s([PrefillChunk(1000, 2000)])
+    transfer = costs.kv_transfer_s(2000)
+    assert sinks[0].times_s[0] == pytest.approx(first + transfer, rel=1e-12)
+    assert sinks[1].times_s[0] == pytest.approx(first + second + transfer, rel=1e-9)
+    assert sinks[2].times_s[0] == pytest.approx(
+        first + second + third + transfer, rel=1e-9
+    )
+
+
+def test_router_picks_least_queued_prefill_instance() -> None:
+    profiles = default_profiles(prefill_instances=2)
+    supernode, _ = make_supernode(profiles)
+    first = supernode.submit(RequestSpec("a", 8000, 1), Recorder())
+    second = supernode.submit(RequestSpec("b", 100, 1), Recorder())
+    third = supernode.submit(RequestSpec("c", 100, 1), Recorder())
+    assert (first.prefill_instance, second.prefill_instance) == (0, 1)
+    assert third.prefill_instance == 1
+
+
+def test_cancel_stops_tokens_and_frees_batch() -> None:
+    profiles = default_profiles(mtp_draft_tokens=0)
+    supernode, events = make_supernode(profiles)
+    sink = Recorder()
+    record = supernode.submit(RequestSpec("r0", 1000, 100), sink)
+
+    events.run_until(1.0)
+    produced = len(sink.times_s)
+    supernode.cancel(record)
+    events.run()
+
+    assert 0 < produced < 100
+    assert len(sink.times_s) == produced
+    assert supernode.active_requests == 0
+    assert supernode.decode[0].batch_size == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=5),
+            st.integers(min_value=1, max_value=20000),
+            st.integers(min_value=1, max_value=60),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_tokens_conserved_and_causal(
+    requests: list[tuple[float, int, int]],
+) -> None:
+    profiles = default_profiles(decode_npus_per_instance=1, max_batch_per_npu=4)
+    supernode, events = make_supernode(profiles)
+    sinks: list[tuple[float, int, Recorder]] = []
+
+    for arrival_s, input_tokens, output_tokens in sorted(requests):
+        events.run_until(arrival_s)
+        sink = Recorder()
+        supernode.submit(RequestSpec("r", input_tokens, output_tokens), sink)
+        sinks.append((arrival_s, output_tokens, sink))
+    events.run()
+
+    for arrival_s, output_tokens, sink in sinks:
+        assert sink.indexes == list(range(output_tokens))
+        assert sink.finished is not None
+        assert sink.times_s[0] > arrival_s
+        assert sink.times_s == sorted(sink.times_s)
+    assert supernode.active_requests == 0
+    assert supernode.decode[0].batch_size == 0
+    assert supernode.decode[0].peak_batch_size <= supernode.decode[0].capacity
