@@ -12,9 +12,12 @@ from emulator.server import ServerOptions, run_server
 
 __all__ = ["register"]
 
+_HEALTH_TIMEOUT_S = 5.0
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `serve` subcommand."""
+    """Add the `serve` and `health` subcommands."""
+    _register_health(subparsers)
     parser = subparsers.add_parser(
         "serve",
         help="run the CloudMatrix384 emulator as a gRPC server",
@@ -89,3 +92,47 @@ def _run_serve(args: argparse.Namespace) -> int:
     except OSError as error:
         raise ConfigError(f"cannot serve on {args.host}:{args.port}: {error}") from None
     return 0
+
+
+def _register_health(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = subparsers.add_parser(
+        "health",
+        help="check a running emulator with the standard gRPC health service",
+        description=(
+            "Call grpc.health.v1.Health/Check on TARGET; exit 0 when the service "
+            "is SERVING and 1 otherwise (for container health checks)."
+        ),
+    )
+    parser.add_argument(
+        "--target",
+        default="127.0.0.1:50051",
+        help="HOST:PORT of the emulator (default: 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--service",
+        default="cmx.v1.Emulator",
+        help="service name to check; empty for the whole server "
+        "(default: cmx.v1.Emulator)",
+    )
+    parser.set_defaults(run=_run_health)
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=_HEALTH_TIMEOUT_S,
+            )
+        except grpc.RpcError as error:
+            print(f"{args.target}: health check failed: {error.code().name}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.target} {args.service or '(server)'}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1

@@ -1,0 +1,1 @@
+"""Tests of traces.analysis and the `cmx analyze` subcommand."""
