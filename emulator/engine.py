@@ -27,11 +27,35 @@ import numpy as np
 
 from emulator.core import EventQueue
 from emulator.costs import CostModel, PrefillChunk
+from emulator.errors import EmulatorError
 from emulator.profiles import Profiles
 
-__all__ = ["RequestRecord", "RequestSpec", "Supernode", "TokenSink"]
+__all__ = [
+    "NoInstanceAvailable",
+    "RequestRecord",
+    "RequestSpec",
+    "Supernode",
+    "SupernodeMetrics",
+    "TokenSink",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class NoInstanceAvailable(EmulatorError):
+    """Every instance of the pool a request needs is marked unavailable."""
+
+
+@dataclass(frozen=True)
+class SupernodeMetrics:
+    """A snapshot of the model's load, for metrics endpoints and tests."""
+
+    emulated_now_s: float
+    active_requests: int
+    prefill_queued_requests: tuple[int, ...]
+    prefill_queued_tokens: tuple[int, ...]
+    decode_batch_sizes: tuple[int, ...]
+    decode_tokens_generated: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -109,6 +133,14 @@ class PrefillInstance:
         self._queue: deque[RequestRecord] = deque()
         self._busy = False
         self.queued_tokens = 0
+        # Fault hooks: iteration times are multiplied by `slowdown`, and the
+        # router skips an instance that is not `available`.
+        self.slowdown = 1.0
+        self.available = True
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
 
     def enqueue(self, record: RequestRecord) -> None:
         record.prefill_instance = self.index
@@ -141,7 +173,8 @@ class PrefillInstance:
             return
 
         self._busy = True
-        duration_s = self._supernode.costs.prefill_s([chunk for _, chunk in planned])
+        chunks = [chunk for _, chunk in planned]
+        duration_s = self._supernode.costs.prefill_s(chunks) * self.slowdown
         events.schedule_in(duration_s, lambda: self._end_iteration(planned))
 
     def _end_iteration(self, planned: list[tuple[RequestRecord, PrefillChunk]]) -> None:
@@ -173,6 +206,10 @@ class DecodeInstance:
         self._stepping = False
         self.steps = 0
         self.peak_batch_size = 0
+        self.tokens_generated = 0
+        # Fault hooks, as on PrefillInstance.
+        self.slowdown = 1.0
+        self.available = True
 
     @property
     def load(self) -> int:
@@ -212,9 +249,8 @@ class DecodeInstance:
         # ceil(n / dies) of them, at the mean context, and sets the step time.
         on_busiest_die = math.ceil(len(self._active) / self._dies)
         mean_context = round(self._context_sum / len(self._active))
-        duration_s = self._supernode.costs.decode_step_s(
-            [mean_context] * on_busiest_die
-        )
+        step_s = self._supernode.costs.decode_step_s([mean_context] * on_busiest_die)
+        duration_s = step_s * self.slowdown
         batch = list(self._active)
         events.schedule_in(duration_s, lambda: self._end_step(batch))
 
@@ -235,6 +271,7 @@ class DecodeInstance:
             remaining = record.spec.output_tokens - record.tokens_out
             made = min(1 + int(extra), remaining)
             self._context_sum += made
+            self.tokens_generated += made
             supernode.emit_tokens(record, [now_s] * made)
             if record.finished:
                 self._active.remove(record)
@@ -263,12 +300,26 @@ class Supernode:
 
     def submit(self, spec: RequestSpec, sink: TokenSink) -> RequestRecord:
         """Accept a request arriving now; its output goes to `sink`."""
+        candidates = [p for p in self.prefill if p.available]
+        if not candidates:
+            raise NoInstanceAvailable("no prefill instance is available")
         record = RequestRecord(spec=spec, sink=sink, arrival_s=self.events.now_s)
         self.active_requests += 1
-        instance = min(self.prefill, key=lambda p: (p.queued_tokens, p.index))
+        instance = min(candidates, key=lambda p: (p.queued_tokens, p.index))
         instance.enqueue(record)
         logger.debug("request %s -> prefill %d", spec.request_id, instance.index)
         return record
+
+    def metrics(self) -> SupernodeMetrics:
+        """Return the current load of every instance."""
+        return SupernodeMetrics(
+            emulated_now_s=self.events.now_s,
+            active_requests=self.active_requests,
+            prefill_queued_requests=tuple(p.queued_requests for p in self.prefill),
+            prefill_queued_tokens=tuple(p.queued_tokens for p in self.prefill),
+            decode_batch_sizes=tuple(d.batch_size for d in self.decode),
+            decode_tokens_generated=tuple(d.tokens_generated for d in self.decode),
+        )
 
     def cancel(self, record: RequestRecord) -> None:
         """Drop a request wherever it is; it produces no more tokens."""
@@ -304,5 +355,8 @@ class Supernode:
             return
         self.emit_tokens(record, [self.events.now_s])
         if not record.finished:
-            instance = min(self.decode, key=lambda d: (d.load, d.index))
+            # NOTE: with every decode instance unavailable the request still
+            # goes to one of them; failing it needs an error path to the sink.
+            candidates = [d for d in self.decode if d.available] or self.decode
+            instance = min(candidates, key=lambda d: (d.load, d.index))
             instance.admit(record)

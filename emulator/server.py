@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cmx.v1 import emulator_pb2, emulator_pb2_grpc
 from emulator.core import EventQueue, PacedClock
-from emulator.engine import RequestRecord, RequestSpec, Supernode
+from emulator.engine import NoInstanceAvailable, RequestRecord, RequestSpec, Supernode
 from emulator.profiles import Profiles
 
 __all__ = [
@@ -150,7 +150,10 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
             block_tokens=request.block_tokens,
             session_id=request.session_id,
         )
-        record, sink = self._runtime.submit(spec)
+        try:
+            record, sink = self._runtime.submit(spec)
+        except NoInstanceAvailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         try:
             async for response in self._stream(record, sink):
                 yield response

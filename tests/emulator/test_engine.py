@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from emulator.core import EventQueue
 from emulator.costs import CostModel, PrefillChunk
-from emulator.engine import RequestRecord, RequestSpec, Supernode
+from emulator.engine import NoInstanceAvailable, RequestRecord, RequestSpec, Supernode
 from emulator.profiles import Profiles, default_profiles
 
 
@@ -183,3 +183,50 @@ def test_tokens_conserved_and_causal(
     assert supernode.active_requests == 0
     assert supernode.decode[0].batch_size == 0
     assert supernode.decode[0].peak_batch_size <= supernode.decode[0].capacity
+
+
+def test_slowdown_multiplies_prefill_time() -> None:
+    profiles = default_profiles(prefill_instances=1)
+    supernode, events = make_supernode(profiles)
+    costs = CostModel(profiles)
+    supernode.prefill[0].slowdown = 3.0
+    sink = Recorder()
+
+    supernode.submit(RequestSpec("r0", 4096, 1), sink)
+    events.run()
+
+    prefill_s = costs.prefill_s([PrefillChunk(0, 4096)])
+    expected_s = 3.0 * prefill_s + costs.kv_transfer_s(4096)
+    assert sink.times_s == [pytest.approx(expected_s, rel=1e-12)]
+
+
+def test_router_skips_unavailable_instances() -> None:
+    profiles = default_profiles(prefill_instances=2)
+    supernode, _ = make_supernode(profiles)
+    supernode.prefill[0].available = False
+    record = supernode.submit(RequestSpec("a", 100, 1), Recorder())
+    assert record.prefill_instance == 1
+
+    supernode.prefill[1].available = False
+    with pytest.raises(NoInstanceAvailable, match="no prefill instance"):
+        supernode.submit(RequestSpec("b", 100, 1), Recorder())
+
+
+def test_metrics_snapshot_counts_load() -> None:
+    profiles = default_profiles(prefill_instances=1, mtp_draft_tokens=0)
+    supernode, events = make_supernode(profiles)
+    supernode.submit(RequestSpec("a", 1000, 3), Recorder())
+    supernode.submit(RequestSpec("b", 2000, 3), Recorder())
+
+    before = supernode.metrics()
+    assert before.active_requests == 2
+    assert before.prefill_queued_requests == (2,)
+    assert before.prefill_queued_tokens == (3000,)
+
+    events.run()
+    after = supernode.metrics()
+    assert after.active_requests == 0
+    assert after.prefill_queued_tokens == (0,)
+    assert after.decode_batch_sizes == (0,)
+    # Prefill makes each request's first token; decode makes the other two.
+    assert after.decode_tokens_generated == (4,)
