@@ -101,6 +101,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                     "gen",
                     "-o",
                     str(trace),
+                    "--force",
                     "--seed",
                     str(args.seed),
                     "--requests",
@@ -132,8 +133,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     _step(f"summary of {results} (DuckDB)")
     _check(cmx_main(["analyze", str(results)]))
+    query = f"SELECT status, count(*) FROM '{results}' GROUP BY status"
     print(
-        f"\nquery it yourself: duckdb -c \"SELECT * FROM '{results}' LIMIT 5\"",
+        "\nquery it yourself with DuckDB:\n"
+        f'  {sys.executable} -c "import duckdb; duckdb.sql(\\"{query}\\").show()"',
         flush=True,
     )
     return 0
