@@ -50,9 +50,9 @@ class PrefillChunk:
 class DecodeStepCost:
     """Breakdown of one decode step on the busiest die, in seconds.
 
-    The parts are summed over layers as if run one after the other;
-    `overlap_saved_s` is the time that two micro-batches hide by running one
-    micro-batch's dispatch and combine during the other's compute.
+    The parts are summed over layers as if run one after the other.
+    `overlap_saved_s` is the time that two micro-batches hide, because one
+    micro-batch's dispatch and combine run during the other's compute.
     """
 
     attention_s: float
@@ -310,7 +310,7 @@ class CostModel:
         expert_tokens = (
             tokens * self._expert_slots * self.profiles.deployment.expert_imbalance
         )
-        expert_s = self._roofline_s(
+        expert_s = self._decode_roofline_s(
             self._experts_per_die() * model.expert_params * self._weight_bytes,
             2.0 * model.expert_params * expert_tokens,
             self._matmul_flops,
@@ -326,7 +326,7 @@ class CostModel:
     ) -> _LayerCost:
         model = self.profiles.model
         tokens = sequences * per_sequence
-        ffn_s = self._roofline_s(
+        ffn_s = self._decode_roofline_s(
             model.dense_ffn_params * self._weight_bytes,
             2.0 * model.dense_ffn_params * tokens,
             self._matmul_flops,
@@ -350,18 +350,18 @@ class CostModel:
     ) -> float:
         model = self.profiles.model
         weights = model.attention_params_per_layer
-        projections_s = self._roofline_s(
+        projections_s = self._decode_roofline_s(
             weights * self._weight_bytes, 2.0 * weights * tokens, self._matmul_flops
         )
         kv_bytes = context_sum * self._kv_bytes_per_token / model.num_layers
         core_flops = self._attention_core_flops * context_sum * per_sequence
-        core_s = self._roofline_s(kv_bytes, core_flops, self._bf16_flops)
+        core_s = self._decode_roofline_s(kv_bytes, core_flops, self._bf16_flops)
         return projections_s + core_s
 
     def _lm_head_s(self, tokens: float) -> float:
         model = self.profiles.model
         params = model.vocab_size * model.hidden_size
-        return self._roofline_s(
+        return self._decode_roofline_s(
             params * self._weight_bytes, 2.0 * params * tokens, self._bf16_flops
         )
 
@@ -374,7 +374,9 @@ class CostModel:
         moved_s = (dispatch_bytes + combine_bytes) / self._ub_bytes_per_s
         return 2 * self._ep_latency_s + moved_s
 
-    def _roofline_s(self, read_bytes: float, flops: float, peak_flops: float) -> float:
+    def _decode_roofline_s(
+        self, read_bytes: float, flops: float, peak_flops: float
+    ) -> float:
         efficiency = self.profiles.deployment.decode_efficiency
         return max(
             read_bytes / self._hbm_bytes_per_s, flops / (peak_flops * efficiency)

@@ -11,10 +11,9 @@ these hold:
   the SLO (a lone sequence is always admitted).
 
 Then every sequence in the batch gains one token plus each accepted MTP draft
-token, drawn per sequence from the supernode's seeded generator. The state of
-the batch is kept in numpy arrays so that a step costs a few vector
-operations; tokens are handed to each sink only when the supernode streams
-them.
+token, drawn per sequence from the supernode's seeded generator. The batch
+is kept in numpy arrays, so a step costs a few vector operations. Tokens go
+to each sink only when the supernode streams them.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ class DecodeInstance:
         )
 
     def _step_s(self, batch_size: int, context_sum: float) -> float:
-        # Sequences are spread evenly over the dies; the busiest die holds
+        # Sequences are spread evenly over the dies. The busiest die runs
         # ceil(n / dies) of them, at the mean context, and sets the step time.
         on_busiest_die = math.ceil(batch_size / self._dies)
         mean_context = context_sum / batch_size

@@ -181,9 +181,9 @@ class Supernode:
 
     With `stream_tokens` (the default) every token reaches its sink as it is
     produced, with its exact emulated time. Without it, sinks get the first
-    token and then only `on_finish`, whose record holds the count and the
-    time of the last token: `cmx simulate` needs no more, and it saves a
-    call per sequence per step.
+    token and then only `on_finish`, whose record contains the count and
+    the time of the last token. That is all `cmx simulate` needs, and it
+    saves a call per sequence per step.
     """
 
     def __init__(
@@ -226,8 +226,8 @@ class Supernode:
         if spec.output_tokens > 1 and blocks > decode.kv_blocks_per_die:
             raise RequestTooLarge(
                 f"request {spec.request_id} needs {blocks} KV blocks of "
-                f"{decode.kv_block_tokens} tokens but a decode die holds "
-                f"{decode.kv_blocks_per_die}"
+                f"{decode.kv_block_tokens} tokens but a decode die has room "
+                f"for {decode.kv_blocks_per_die}"
             )
         record = RequestRecord(spec=spec, sink=sink, arrival_s=self.events.now_s)
         record.kv_blocks = blocks

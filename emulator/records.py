@@ -1,4 +1,4 @@
-"""Requests as the model sees them, and the interfaces it reports through.
+"""Requests in the model, and the interfaces that the model reports through.
 
 `RequestSpec` is what a client asks for, `RequestRecord` its progress through
 the model, `TokenSink` the receiver of its output, and `EngineObserver` a
@@ -34,7 +34,7 @@ class RequestTooLarge(EmulatorError):
 
 @dataclass(frozen=True)
 class RequestSpec:
-    """What a client asks for; validated before it reaches the model."""
+    """A client's request, validated before it reaches the model."""
 
     request_id: str
     input_tokens: int
