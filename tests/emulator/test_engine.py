@@ -186,8 +186,8 @@ class Ledger:
 def small_decode(blocks_per_die: int, max_batch_per_npu: int) -> Profiles:
     """A 32-NPU decode instance whose dies hold `blocks_per_die` KV blocks.
 
-    32 NPUs is about the smallest instance whose dies hold DeepSeek-R1's
-    experts; the HBM reserve is set so that KV memory binds quickly.
+    The HBM reserve is sized so that a die has room for only that many
+    blocks, which makes KV memory bind with few requests.
     """
     overrides = {
         "decode_npus_per_instance": 32,
@@ -314,8 +314,8 @@ def test_tpot_slo_caps_the_batch() -> None:
 
     decode = supernode.decode[0]
     costs = supernode.costs
-    # The largest admitted batch still meets the SLO at its admission context;
-    # one more sequence per die would not.
+    # The largest admitted batch still meets the SLO at its admission context,
+    # within 5% for the context that grows during decode.
     peak = decode.peak_batch_size
     per_die = -(-peak // costs.decode_dies_per_instance)
     step_s = costs.decode_step_for(per_die, per_die * 4097.0).total_s
