@@ -1,23 +1,61 @@
-"""`cmx serve`: run the emulator as a gRPC server."""
+"""`cmx serve`, `cmx health`, `cmx simulate` and `cmx bench`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emulator.errors import ConfigError
-from emulator.profiles import DeploymentConfig, Profiles, load_hardware, load_model
-from emulator.server import ServerOptions, run_server
+from emulator.profiles import Profiles, load_deployment, load_hardware, load_model
 
 __all__ = ["register"]
+
+if TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _HEALTH_TIMEOUT_S = 5.0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `serve` and `health` subcommands."""
+def register(subparsers: _Subparsers) -> None:
+    """Add the `serve`, `health`, `simulate` and `bench` subcommands."""
     _register_health(subparsers)
+    _register_serve(subparsers)
+    _register_simulate(subparsers)
+    _register_bench(subparsers)
+
+
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hardware",
+        metavar="JSON",
+        help="hardware profile file (default: bundled CloudMatrix384)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="JSON",
+        help="model profile file (default: bundled DeepSeek-R1)",
+    )
+    parser.add_argument(
+        "--deployment",
+        metavar="JSON",
+        help="deployment file: DeploymentConfig fields to change "
+        "(default: the CloudMatrix384 paper's deployment)",
+    )
+
+
+def _load_profiles(args: argparse.Namespace) -> Profiles:
+    return Profiles(
+        load_hardware(args.hardware),
+        load_model(args.model),
+        load_deployment(args.deployment),
+    )
+
+
+def _register_serve(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the CloudMatrix384 emulator as a gRPC server",
@@ -52,16 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0,
         help="seed of the model's random draws, such as MTP acceptance (default: 0)",
     )
-    parser.add_argument(
-        "--hardware",
-        metavar="JSON",
-        help="hardware profile file (default: bundled CloudMatrix384)",
-    )
-    parser.add_argument(
-        "--model",
-        metavar="JSON",
-        help="model profile file (default: bundled DeepSeek-R1)",
-    )
+    _add_profile_options(parser)
     parser.add_argument(
         "--grace-s",
         type=float,
@@ -72,6 +101,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from emulator.server import ServerOptions, run_server
+
     if not (args.time_scale > 0 and math.isfinite(args.time_scale)):
         raise ConfigError(
             f"--time-scale must be a positive finite number, got {args.time_scale}"
@@ -81,9 +112,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.grace_s < 0:
         raise ConfigError(f"--grace-s must be 0 or more, got {args.grace_s}")
 
-    profiles = Profiles(
-        load_hardware(args.hardware), load_model(args.model), DeploymentConfig()
-    )
+    profiles = _load_profiles(args)
     options = ServerOptions(
         host=args.host, port=args.port, time_scale=args.time_scale, grace_s=args.grace_s
     )
@@ -136,3 +165,170 @@ def _run_health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.target} {args.service or '(server)'}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _register_simulate(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="run a trace through the model in virtual time, without gRPC",
+        description=(
+            "Run TRACE through the same supernode model as `cmx serve`, in "
+            "virtual time, and write one row per request in the results "
+            "schema of `cmx replay`. Also writes RESULTS.profiles.json and "
+            "RESULTS.timeseries.parquet beside the results."
+        ),
+    )
+    parser.add_argument("trace", type=Path, help="canonical trace (Parquet)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="results file to write"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the model's random draws, such as MTP acceptance (default: 0)",
+    )
+    parser.add_argument("--limit", type=int, help="simulate only the first N requests")
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        help="simulate only requests in the first S seconds of trace time",
+    )
+    parser.add_argument(
+        "--timeseries-interval-s",
+        type=float,
+        default=1.0,
+        help="interval of the per-instance time series, in emulated seconds; "
+        "0 writes none (default: 1)",
+    )
+    _add_profile_options(parser)
+    parser.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from emulator.simulate import SimulationConfig, simulate
+
+    interval = args.timeseries_interval_s
+    config = SimulationConfig(
+        trace_path=args.trace,
+        output_path=args.output,
+        seed=args.seed,
+        limit=args.limit,
+        duration_s=args.duration_s,
+        timeseries_interval_s=None if interval == 0 else interval,
+    )
+    summary = simulate(config, _load_profiles(args))
+    print(
+        f"simulated {summary.requests} requests ({summary.finished} finished, "
+        f"{summary.rejected} rejected): {summary.emulated_s:,.1f} s emulated in "
+        f"{summary.wall_s:.2f} s wall ({summary.speedup:,.0f}x)"
+    )
+    print(f"wrote {summary.output_path} and {summary.profiles_path}")
+    if summary.timeseries_path is not None:
+        print(f"wrote {summary.timeseries_path}")
+    return 0
+
+
+def _register_bench(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="reproduce the paper's decode and prefill throughput without a trace",
+        description=(
+            "Steady-state throughput of the model for equal requests, as in "
+            "the CloudMatrix384 serving paper's tables."
+        ),
+    )
+    phases = parser.add_subparsers(title="phases", metavar="PHASE")
+    phases.required = True
+
+    decode = phases.add_parser(
+        "decode",
+        help="largest batch per NPU whose TPOT meets an SLO",
+        description=(
+            "Find the largest batch per NPU whose mean TPOT, with every "
+            "sequence at input + output / 2 tokens of context, meets the SLO. "
+            "Exits 1 when not even one sequence per die meets it."
+        ),
+    )
+    decode.add_argument("--input-tokens", type=int, default=4096)
+    decode.add_argument("--output-tokens", type=int, default=256)
+    decode.add_argument(
+        "--tpot-slo-ms", type=float, default=50.0, help="TPOT SLO (default: 50)"
+    )
+    decode.add_argument(
+        "--search-limit-per-npu",
+        type=int,
+        default=1024,
+        help="largest batch per NPU tried (default: 1024)",
+    )
+    decode.add_argument("--json", action="store_true", help="print JSON")
+    _add_profile_options(decode)
+    decode.set_defaults(run=_run_bench_decode)
+
+    prefill = phases.add_parser(
+        "prefill",
+        help="prefill throughput per NPU for equal prompts",
+        description="Prefill tokens/s per NPU for equal prompts in full batches.",
+    )
+    prefill.add_argument("--input-tokens", type=int, default=4096)
+    prefill.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=16384,
+        help="prompt tokens per prefill iteration (default: 16384)",
+    )
+    prefill.add_argument("--json", action="store_true", help="print JSON")
+    _add_profile_options(prefill)
+    prefill.set_defaults(run=_run_bench_prefill)
+
+
+def _run_bench_decode(args: argparse.Namespace) -> int:
+    from emulator.calibration import DecodeLimit, bench_decode
+
+    profiles = _load_profiles(args)
+    result = bench_decode(
+        profiles,
+        args.input_tokens,
+        args.output_tokens,
+        args.tpot_slo_ms,
+        search_limit_per_npu=args.search_limit_per_npu,
+    )
+    report: dict[str, object] = {
+        "input_tokens": args.input_tokens,
+        "output_tokens": args.output_tokens,
+        "tpot_slo_ms": args.tpot_slo_ms,
+        "batch_per_npu": None if result is None else result.batch_per_npu,
+        "tpot_ms": None if result is None else round(result.tpot_ms, 3),
+        "tokens_per_s_per_npu": (
+            None if result is None else round(result.tokens_per_s_per_npu, 1)
+        ),
+        "limited_by": DecodeLimit.TPOT_SLO if result is None else result.limited_by,
+    }
+    if args.json:
+        print(json.dumps(report))
+    elif result is None:
+        print(f"no batch meets a TPOT of {args.tpot_slo_ms:g} ms")
+    else:
+        print(
+            f"batch {result.batch_per_npu} per NPU, TPOT {result.tpot_ms:.1f} ms, "
+            f"{result.tokens_per_s_per_npu:,.0f} tokens/s per NPU "
+            f"(limited by {result.limited_by})"
+        )
+    return 1 if result is None else 0
+
+
+def _run_bench_prefill(args: argparse.Namespace) -> int:
+    from emulator.calibration import bench_prefill
+
+    profiles = _load_profiles(args)
+    throughput = bench_prefill(profiles, args.input_tokens, args.batch_tokens)
+    if args.json:
+        report = {
+            "input_tokens": args.input_tokens,
+            "batch_tokens": args.batch_tokens,
+            "tokens_per_s_per_npu": round(throughput, 1),
+        }
+        print(json.dumps(report))
+    else:
+        print(f"{throughput:,.0f} prompt tokens/s per NPU")
+    return 0

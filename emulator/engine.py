@@ -7,8 +7,9 @@ Requests flow as in a PD-disaggregated deployment:
    (long prompts are chunked across iterations);
 3. KV transfer to a decode instance over RDMA; the first output token, made
    by prefill, is released when the transfer ends, so TTFT includes it;
-4. continuous batching on the decode instance: every step admits waiting
-   requests up to the batch limit, and each sequence gains one token plus
+4. continuous batching on the decode instance (see `emulator.decode`):
+   every step admits waiting requests while the batch limit, the free KV
+   memory and the TPOT SLO allow, and each sequence gains one token plus
    each accepted MTP draft token.
 
 All times are emulated seconds on the `EventQueue` passed in.
@@ -19,31 +20,38 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
 from emulator.core import EventQueue
 from emulator.costs import CostModel, PrefillChunk
-from emulator.errors import EmulatorError
+from emulator.decode import DecodeInstance
 from emulator.profiles import Profiles
+from emulator.records import (
+    EngineObserver,
+    NoInstanceAvailable,
+    RequestRecord,
+    RequestSpec,
+    RequestTooLarge,
+    TokenSink,
+)
 
 __all__ = [
+    "DecodeInstance",
+    "EngineObserver",
     "NoInstanceAvailable",
+    "PrefillInstance",
     "RequestRecord",
     "RequestSpec",
+    "RequestTooLarge",
     "Supernode",
     "SupernodeMetrics",
     "TokenSink",
+    "request_problem",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class NoInstanceAvailable(EmulatorError):
-    """Every instance of the pool a request needs is marked unavailable."""
 
 
 @dataclass(frozen=True)
@@ -56,72 +64,44 @@ class SupernodeMetrics:
     prefill_queued_tokens: tuple[int, ...]
     decode_batch_sizes: tuple[int, ...]
     decode_tokens_generated: tuple[int, ...]
+    decode_waiting_requests: tuple[int, ...] = ()
+    decode_kv_blocks_used: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class RequestSpec:
-    """What a client asks for; validated before it reaches the model."""
+def request_problem(
+    input_tokens: int,
+    output_tokens: int,
+    prefix_hashes: int,
+    block_tokens: int,
+    profiles: Profiles,
+) -> str | None:
+    """Return why a request is invalid, naming the field and accepted range.
 
-    request_id: str
-    input_tokens: int
-    output_tokens: int
-    prefix_block_hashes: tuple[int, ...] = ()
-    block_tokens: int = 0
-    session_id: str = ""
-
-
-class TokenSink(Protocol):
-    """Receiver of one request's output as the model produces it."""
-
-    def on_tokens(self, first_index: int, emulated_at_s: Sequence[float]) -> None:
-        """Tokens first_index, first_index + 1, ... were produced at these times."""
-
-    def on_finish(self, record: RequestRecord) -> None:
-        """The last token was produced; `record` holds the request's timings."""
-
-
-@dataclass(eq=False)
-class RequestRecord:
-    """A request's progress through the model, in emulated seconds."""
-
-    spec: RequestSpec
-    sink: TokenSink
-    arrival_s: float
-    prefill_instance: int = -1
-    decode_instance: int = -1
-    prefilled_tokens: int = 0
-    prefill_started_s: float | None = None
-    prefill_ended_s: float | None = None
-    kv_transfer_s: float = 0.0
-    decode_admitted_s: float | None = None
-    tokens_out: int = 0
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    cancelled: bool = False
-    finished: bool = False
-    cached_tokens: int = 0
-    waiting_since_s: float = field(default=0.0, repr=False)
-
-    @property
-    def tokens_to_prefill(self) -> int:
-        return self.spec.input_tokens - self.cached_tokens
-
-    @property
-    def queue_s(self) -> float:
-        """Time spent waiting for prefill and for a decode slot."""
-        waited = 0.0
-        if self.prefill_started_s is not None:
-            waited += self.prefill_started_s - self.arrival_s
-        if self.decode_admitted_s is not None and self.prefill_ended_s is not None:
-            ready_s = self.prefill_ended_s + self.kv_transfer_s
-            waited += max(0.0, self.decode_admitted_s - ready_s)
-        return waited
-
-    @property
-    def prefill_s(self) -> float:
-        if self.prefill_started_s is None or self.prefill_ended_s is None:
-            return 0.0
-        return self.prefill_ended_s - self.prefill_started_s
+    Returns None for a valid request. The checks are those of the gRPC
+    server: token counts of at least 1, prompt plus output within the
+    model's context window, and no more prefix hashes than prompt blocks.
+    """
+    window = profiles.model.max_context_tokens
+    if input_tokens < 1:
+        return f"input_tokens must be at least 1, got {input_tokens}"
+    if output_tokens < 1:
+        return f"output_tokens must be at least 1, got {output_tokens}"
+    if input_tokens + output_tokens > window:
+        return (
+            f"input_tokens + output_tokens must be at most {window} "
+            f"({profiles.model.name} context window), got "
+            f"{input_tokens + output_tokens}"
+        )
+    if prefix_hashes and block_tokens < 1:
+        return "block_tokens must be at least 1 when prefix_block_hashes are given"
+    if prefix_hashes:
+        blocks = math.ceil(input_tokens / block_tokens)
+        if prefix_hashes > blocks:
+            return (
+                f"prefix_block_hashes has {prefix_hashes} blocks of {block_tokens} "
+                f"tokens but input_tokens {input_tokens} fills only {blocks}"
+            )
+    return None
 
 
 class PrefillInstance:
@@ -175,10 +155,13 @@ class PrefillInstance:
         self._busy = True
         chunks = [chunk for _, chunk in planned]
         duration_s = self._supernode.costs.prefill_s(chunks) * self.slowdown
-        events.schedule_in(duration_s, lambda: self._end_iteration(planned))
+        events.schedule_in(duration_s, lambda: self._end_iteration(planned, duration_s))
 
-    def _end_iteration(self, planned: list[tuple[RequestRecord, PrefillChunk]]) -> None:
+    def _end_iteration(
+        self, planned: list[tuple[RequestRecord, PrefillChunk]], duration_s: float
+    ) -> None:
         now_s = self._supernode.events.now_s
+        tokens = sum(chunk.tokens for record, chunk in planned if not record.cancelled)
         for record, chunk in planned:
             if record.cancelled:
                 continue
@@ -188,106 +171,34 @@ class PrefillInstance:
                 self._queue.remove(record)
                 record.prefill_ended_s = now_s
                 self._supernode.on_prefill_done(record)
+        for observer in self._supernode.observers:
+            observer.on_prefill_iteration(self.index, now_s, duration_s, tokens)
         self._start_iteration()
 
 
-class DecodeInstance:
-    """One decode instance running continuous batching over its dies."""
-
-    def __init__(self, index: int, supernode: Supernode) -> None:
-        self.index = index
-        self._supernode = supernode
-        costs = supernode.costs
-        self._dies = costs.decode_dies_per_instance
-        self.capacity = self._dies * costs.max_batch_per_die()
-        self._waiting: deque[RequestRecord] = deque()
-        self._active: list[RequestRecord] = []
-        self._context_sum = 0
-        self._stepping = False
-        self.steps = 0
-        self.peak_batch_size = 0
-        self.tokens_generated = 0
-        # Fault hooks, as on PrefillInstance.
-        self.slowdown = 1.0
-        self.available = True
-
-    @property
-    def load(self) -> int:
-        return len(self._active) + len(self._waiting)
-
-    @property
-    def batch_size(self) -> int:
-        return len(self._active)
-
-    def admit(self, record: RequestRecord) -> None:
-        record.decode_instance = self.index
-        self._waiting.append(record)
-        if not self._stepping:
-            self._start_step()
-
-    def remove(self, record: RequestRecord) -> None:
-        if record in self._waiting:
-            self._waiting.remove(record)
-        elif record in self._active:
-            self._active.remove(record)
-            self._context_sum -= record.spec.input_tokens + record.tokens_out
-
-    def _start_step(self) -> None:
-        events = self._supernode.events
-        while self._waiting and len(self._active) < self.capacity:
-            record = self._waiting.popleft()
-            record.decode_admitted_s = events.now_s
-            self._active.append(record)
-            self._context_sum += record.spec.input_tokens + record.tokens_out
-        if not self._active:
-            self._stepping = False
-            return
-
-        self._stepping = True
-        self.peak_batch_size = max(self.peak_batch_size, len(self._active))
-        # Sequences are spread evenly over the dies; the busiest die holds
-        # ceil(n / dies) of them, at the mean context, and sets the step time.
-        on_busiest_die = math.ceil(len(self._active) / self._dies)
-        mean_context = round(self._context_sum / len(self._active))
-        step_s = self._supernode.costs.decode_step_s([mean_context] * on_busiest_die)
-        duration_s = step_s * self.slowdown
-        batch = list(self._active)
-        events.schedule_in(duration_s, lambda: self._end_step(batch))
-
-    def _end_step(self, batch: list[RequestRecord]) -> None:
-        self.steps += 1
-        supernode = self._supernode
-        now_s = supernode.events.now_s
-        deployment = supernode.profiles.deployment
-        drafts = deployment.mtp_draft_tokens
-        accepted = (
-            supernode.rng.binomial(drafts, deployment.mtp_acceptance, size=len(batch))
-            if drafts
-            else np.zeros(len(batch), dtype=np.int64)
-        )
-        for record, extra in zip(batch, accepted.tolist(), strict=True):
-            if record.cancelled or record.finished:
-                continue
-            remaining = record.spec.output_tokens - record.tokens_out
-            made = min(1 + int(extra), remaining)
-            self._context_sum += made
-            self.tokens_generated += made
-            supernode.emit_tokens(record, [now_s] * made)
-            if record.finished:
-                self._active.remove(record)
-                self._context_sum -= record.spec.input_tokens + record.tokens_out
-        self._start_step()
-
-
 class Supernode:
-    """The whole deployment: prefill and decode instances with their router."""
+    """The whole deployment: prefill and decode instances with their router.
+
+    With `stream_tokens` (the default) every token reaches its sink as it is
+    produced, with its exact emulated time. Without it, sinks get the first
+    token and then only `on_finish`, whose record contains the count and
+    the time of the last token. That is all `cmx simulate` needs, and it
+    saves a call per sequence per step.
+    """
 
     def __init__(
-        self, profiles: Profiles, events: EventQueue, rng: np.random.Generator
+        self,
+        profiles: Profiles,
+        events: EventQueue,
+        rng: np.random.Generator,
+        *,
+        stream_tokens: bool = True,
     ) -> None:
         self.profiles = profiles
         self.events = events
         self.rng = rng
+        self.stream_tokens = stream_tokens
+        self.observers: list[EngineObserver] = []
         self.costs = CostModel(profiles)
         deployment = profiles.deployment
         self.prefill = [
@@ -299,11 +210,27 @@ class Supernode:
         self.active_requests = 0
 
     def submit(self, spec: RequestSpec, sink: TokenSink) -> RequestRecord:
-        """Accept a request arriving now; its output goes to `sink`."""
+        """Accept a request arriving now; its output goes to `sink`.
+
+        Raises NoInstanceAvailable when every prefill instance is marked
+        unavailable, and RequestTooLarge when the request's KV cache at its
+        full length exceeds the memory of one decode die.
+        """
         candidates = [p for p in self.prefill if p.available]
         if not candidates:
             raise NoInstanceAvailable("no prefill instance is available")
+        decode = self.decode[0]
+        blocks = math.ceil(
+            (spec.input_tokens + spec.output_tokens) / decode.kv_block_tokens
+        )
+        if spec.output_tokens > 1 and blocks > decode.kv_blocks_per_die:
+            raise RequestTooLarge(
+                f"request {spec.request_id} needs {blocks} KV blocks of "
+                f"{decode.kv_block_tokens} tokens but a decode die has room "
+                f"for {decode.kv_blocks_per_die}"
+            )
         record = RequestRecord(spec=spec, sink=sink, arrival_s=self.events.now_s)
+        record.kv_blocks = blocks
         self.active_requests += 1
         instance = min(candidates, key=lambda p: (p.queued_tokens, p.index))
         instance.enqueue(record)
@@ -319,6 +246,8 @@ class Supernode:
             prefill_queued_tokens=tuple(p.queued_tokens for p in self.prefill),
             decode_batch_sizes=tuple(d.batch_size for d in self.decode),
             decode_tokens_generated=tuple(d.tokens_generated for d in self.decode),
+            decode_waiting_requests=tuple(d.waiting_requests for d in self.decode),
+            decode_kv_blocks_used=tuple(d.kv_blocks_used for d in self.decode),
         )
 
     def cancel(self, record: RequestRecord) -> None:
@@ -346,9 +275,13 @@ class Supernode:
         record.last_token_s = emulated_at_s[-1]
         record.sink.on_tokens(first_index, emulated_at_s)
         if record.tokens_out >= record.spec.output_tokens:
-            record.finished = True
-            self.active_requests -= 1
-            record.sink.on_finish(record)
+            self.finish(record)
+
+    def finish(self, record: RequestRecord) -> None:
+        """Mark a request done after its last token and tell its sink."""
+        record.finished = True
+        self.active_requests -= 1
+        record.sink.on_finish(record)
 
     def _on_kv_ready(self, record: RequestRecord) -> None:
         if record.cancelled:

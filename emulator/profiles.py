@@ -1,8 +1,9 @@
 """Hardware, model and deployment profiles: frozen, typed, loaded from JSON.
 
 A profile is data: a smaller supernode or another MoE model is a new JSON file
-beside the defaults in `emulator/profiles/`, not new code. Every run can save
-the profiles it used with `profiles_to_json`.
+beside the defaults in `emulator/profiles/`, not new code. A deployment file
+holds the `DeploymentConfig` fields to change. Every run saves the profiles
+it used, serialised by `profiles_to_json`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,9 +25,12 @@ __all__ = [
     "ModelProfile",
     "Precision",
     "Profiles",
+    "default_profiles",
+    "deployment_from_mapping",
+    "load_deployment",
     "load_hardware",
     "load_model",
-    "default_profiles",
+    "profiles_to_dict",
     "profiles_to_json",
 ]
 
@@ -139,10 +144,15 @@ class ModelProfile:
 class DeploymentConfig:
     """How the model is laid out on the supernode and how it is scheduled.
 
-    Defaults are the deployment of the CloudMatrix384 serving paper: six
-    prefill instances of 16 NPUs (EP32) and one decode instance of 160 NPUs
-    (EP320, attention data-parallel on every die), INT8, MTP with one draft
-    token accepted about 70% of the time, 96 sequences per NPU.
+    Defaults are the deployment of "Serving Large Language Models on Huawei
+    CloudMatrix384" (arXiv 2506.12708): six prefill instances of 16 NPUs
+    (EP32) and one decode instance of 160 NPUs (EP320, attention
+    data-parallel on every die), INT8 weights and activations, MTP with one
+    draft token accepted about 70% of the time, 96 sequences per NPU.
+
+    `prefill_efficiency`, `expert_imbalance` and `decode_efficiency` are
+    fitted by `emulator.calibration.fit_calibration` to the published rows;
+    the other numbers are settings, sources or estimates named beside them.
     """
 
     prefill_instances: int = 6
@@ -150,16 +160,33 @@ class DeploymentConfig:
     decode_instances: int = 1
     decode_npus_per_instance: int = 160
     precision: Precision = Precision.INT8
+    # The MLA latent cache stays in BF16; the paper quantizes matrix
+    # multiplications to INT8, not the KV cache.
+    kv_cache_precision: Precision = Precision.BF16
     mtp_draft_tokens: int = 1
     mtp_acceptance: float = 0.7
     max_batch_per_npu: int = 96
     prefill_batch_tokens: int = 16384
-    expert_imbalance: float = 1.0
+    # Two micro-batches let one hide the other's EP dispatch and combine;
+    # 1 turns the overlap off.
+    micro_batches: int = 2
+    # Tokens per KV cache block, the unit of decode memory accounting.
+    kv_block_tokens: int = 128
+    # NOTE: estimate, not a published figure: HBM per die kept for
+    # activations and the dispatch and combine buffers.
+    hbm_reserved_gb_per_die: float = 4.0
+    # Load of the busiest expert die over the mean (1.0 = perfect balance).
+    expert_imbalance: float = 1.37779
+    # NOTE: estimate: scheduling, sampling and launch time per iteration.
     step_overhead_ms: float = 1.0
-    # Fraction of peak compute reached; fitted to the published prefill and
-    # decode rows by `emulator.calibration.fit_efficiencies`.
-    prefill_efficiency: float = 0.35717
-    decode_efficiency: float = 0.50572
+    # Fixed software time of each EP dispatch or combine operator beyond the
+    # fabric latency; 0 models the UB fabric alone. Not fitted.
+    ep_operator_overhead_us: float = 0.0
+    # Fraction of peak compute reached, one per phase.
+    prefill_efficiency: float = 0.42284
+    decode_efficiency: float = 0.40138
+    # When set, the decode scheduler admits a sequence only if the predicted
+    # TPOT of the larger batch stays within it.
     tpot_slo_ms: float | None = None
     seed: int = 0
 
@@ -171,10 +198,15 @@ class DeploymentConfig:
             "decode_npus_per_instance": self.decode_npus_per_instance,
             "max_batch_per_npu": self.max_batch_per_npu,
             "prefill_batch_tokens": self.prefill_batch_tokens,
+            "kv_block_tokens": self.kv_block_tokens,
         }
         for name, value in positive_ints.items():
             if value < 1:
                 raise ConfigError(f"deployment {name} must be at least 1, got {value}")
+        if self.micro_batches not in (1, 2):
+            raise ConfigError(
+                f"deployment micro_batches must be 1 or 2, got {self.micro_batches}"
+            )
         if self.mtp_draft_tokens < 0:
             raise ConfigError(
                 f"deployment mtp_draft_tokens must be 0 or more, "
@@ -193,6 +225,20 @@ class DeploymentConfig:
             raise ConfigError(
                 f"deployment expert_imbalance must be 1.0 or more, "
                 f"got {self.expert_imbalance}"
+            )
+        for name in (
+            "hbm_reserved_gb_per_die",
+            "step_overhead_ms",
+            "ep_operator_overhead_us",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"deployment {name} must be 0 or more, got {getattr(self, name)}"
+                )
+        if self.tpot_slo_ms is not None and not self.tpot_slo_ms > 0:
+            raise ConfigError(
+                f"deployment tpot_slo_ms must be positive or null, "
+                f"got {self.tpot_slo_ms}"
             )
 
     def npus_used(self) -> int:
@@ -229,21 +275,100 @@ def load_model(path: str | Path | None = None) -> ModelProfile:
     return _load(ModelProfile, path, "deepseek_r1.json")
 
 
+def load_deployment(path: str | Path | None = None) -> DeploymentConfig:
+    """Load a deployment from JSON; None returns the paper's deployment.
+
+    The file is one JSON object whose keys are `DeploymentConfig` fields;
+    fields left out take their defaults. Raises ConfigError naming the file
+    and field for unreadable JSON, unknown fields or values of the wrong type.
+    """
+    if path is None:
+        return DeploymentConfig()
+    where = str(path)
+    fields = _read_json_object(Path(path), where)
+    return deployment_from_mapping(fields, where)
+
+
+def deployment_from_mapping(
+    fields: Mapping[str, object], where: str = "deployment"
+) -> DeploymentConfig:
+    """Build a deployment from field values, as in a deployment file.
+
+    Precisions are given by name ("int8", "bf16"), `tpot_slo_ms` may be null,
+    and integral floats are accepted for integer fields. `where` names the
+    source in error messages.
+    """
+    known = {f.name: f for f in dataclasses.fields(DeploymentConfig)}
+    unknown = sorted(set(fields) - known.keys())
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown deployment fields {unknown}; accepted: {sorted(known)}"
+        )
+    defaults = DeploymentConfig()
+    values = {
+        name: _coerce_field(name, value, getattr(defaults, name), where)
+        for name, value in fields.items()
+    }
+    return DeploymentConfig(**values)  # type: ignore[arg-type]
+
+
 def default_profiles(**deployment_overrides: Any) -> Profiles:
     """Return CloudMatrix384 with DeepSeek-R1 and the paper's deployment."""
     deployment = DeploymentConfig(**deployment_overrides)
     return Profiles(load_hardware(), load_model(), deployment)
 
 
-def profiles_to_json(profiles: Profiles) -> str:
-    """Serialise profiles to JSON, enums as their values."""
+def profiles_to_dict(profiles: Profiles) -> dict[str, Any]:
+    """Return the profiles as plain JSON values, enums as their values."""
 
-    def encode(value: object) -> object:
+    def plain(value: object) -> object:
         if isinstance(value, enum.Enum):
             return value.value
-        raise TypeError(f"cannot serialise {type(value).__name__}")
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
 
-    return json.dumps(dataclasses.asdict(profiles), default=encode, sort_keys=True)
+    result = plain(dataclasses.asdict(profiles))
+    assert isinstance(result, dict)
+    return result
+
+
+def profiles_to_json(profiles: Profiles) -> str:
+    """Serialise profiles to JSON, enums as their values."""
+    return json.dumps(profiles_to_dict(profiles), sort_keys=True)
+
+
+def _coerce_field(name: str, value: object, default: object, where: str) -> object:
+    """Check one deployment value against the type of its default."""
+    if name == "tpot_slo_ms" and value is None:
+        return None
+    if isinstance(default, Precision):
+        names = [p.value for p in Precision]
+        if isinstance(value, str) and value in names:
+            return Precision(value)
+        raise ConfigError(f"{where}: {name} must be one of {names}, got {value!r}")
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int) and not isinstance(default, bool):
+        if is_number and float(value).is_integer():  # type: ignore[arg-type]
+            return int(value)  # type: ignore[call-overload]
+        raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
+    if is_number:
+        return float(value)  # type: ignore[arg-type]
+    raise ConfigError(f"{where}: {name} must be a number, got {value!r}")
+
+
+def _read_json_object(path: Path, where: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {where}: {error.strerror}") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where} is not valid JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where} must hold a JSON object of fields")
+    return fields
 
 
 def _load(kind: type[_T], path: str | Path | None, bundled: str) -> _T:

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from emulator.core import EventQueue
 from emulator.costs import CostModel, PrefillChunk
-from emulator.engine import NoInstanceAvailable, RequestRecord, RequestSpec, Supernode
+from emulator.engine import (
+    NoInstanceAvailable,
+    RequestRecord,
+    RequestSpec,
+    RequestTooLarge,
+    Supernode,
+)
 from emulator.profiles import Profiles, default_profiles
 
 
@@ -149,23 +155,74 @@ def test_cancel_stops_tokens_and_frees_batch() -> None:
     assert supernode.decode[0].batch_size == 0
 
 
+class Ledger:
+    """Observer checking every decode step against the instance's limits."""
+
+    def __init__(self, kv_blocks_total: int) -> None:
+        self.kv_blocks_total = kv_blocks_total
+        self.ended_at_s: list[float] = []
+        self.tokens = 0
+        self.max_kv_blocks_used = 0
+
+    def on_prefill_iteration(
+        self, instance: int, ended_at_s: float, duration_s: float, tokens: int
+    ) -> None:
+        self.ended_at_s.append(ended_at_s)
+
+    def on_decode_step(
+        self,
+        instance: int,
+        ended_at_s: float,
+        duration_s: float,
+        batch_size: int,
+        tokens: int,
+        kv_blocks_used: int,
+    ) -> None:
+        self.ended_at_s.append(ended_at_s)
+        self.tokens += tokens
+        self.max_kv_blocks_used = max(self.max_kv_blocks_used, kv_blocks_used)
+
+
+def small_decode(blocks_per_die: int, max_batch_per_npu: int) -> Profiles:
+    """A 32-NPU decode instance whose dies hold `blocks_per_die` KV blocks.
+
+    The HBM reserve is sized so that a die has room for only that many
+    blocks, which makes KV memory bind with few requests.
+    """
+    overrides = {
+        "decode_npus_per_instance": 32,
+        "max_batch_per_npu": max_batch_per_npu,
+        "kv_block_tokens": 512,
+    }
+    weights = CostModel(default_profiles(**overrides)).resident_weight_bytes_per_die()
+    kv_bytes = (blocks_per_die + 0.5) * 512 * 70_272
+    reserved_gb = (64e9 - weights - kv_bytes) / 1e9
+    return default_profiles(**overrides, hbm_reserved_gb_per_die=reserved_gb)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.floats(min_value=0, max_value=5),
-            st.integers(min_value=1, max_value=20000),
+            st.integers(min_value=1, max_value=1400),
             st.integers(min_value=1, max_value=60),
         ),
         min_size=1,
-        max_size=30,
-    )
+        max_size=120,
+    ),
+    st.booleans(),
 )
 def test_tokens_conserved_and_causal(
-    requests: list[tuple[float, int, int]],
+    requests: list[tuple[float, int, int]], stream_tokens: bool
 ) -> None:
-    profiles = default_profiles(decode_npus_per_instance=1, max_batch_per_npu=4)
-    supernode, events = make_supernode(profiles)
+    profiles = small_decode(blocks_per_die=3, max_batch_per_npu=1)
+    events = EventQueue()
+    supernode = Supernode(
+        profiles, events, np.random.default_rng(0), stream_tokens=stream_tokens
+    )
+    ledger = Ledger(supernode.decode[0].kv_blocks_total)
+    supernode.observers.append(ledger)
     sinks: list[tuple[float, int, Recorder]] = []
 
     for arrival_s, input_tokens, output_tokens in sorted(requests):
@@ -176,13 +233,94 @@ def test_tokens_conserved_and_causal(
     events.run()
 
     for arrival_s, output_tokens, sink in sinks:
-        assert sink.indexes == list(range(output_tokens))
-        assert sink.finished is not None
-        assert sink.times_s[0] > arrival_s
-        assert sink.times_s == sorted(sink.times_s)
+        record = sink.finished
+        assert record is not None
+        assert record.tokens_out == output_tokens
+        assert record.first_token_s is not None and record.last_token_s is not None
+        assert record.first_token_s > arrival_s
+        assert record.last_token_s >= record.first_token_s
+        if stream_tokens:
+            assert sink.indexes == list(range(output_tokens))
+            assert sink.times_s == sorted(sink.times_s)
+    decode = supernode.decode[0]
+    assert ledger.tokens == sum(out - 1 for _, out, _ in sinks)
+    assert ledger.ended_at_s == sorted(ledger.ended_at_s)
+    assert ledger.max_kv_blocks_used <= decode.kv_blocks_total
     assert supernode.active_requests == 0
-    assert supernode.decode[0].batch_size == 0
-    assert supernode.decode[0].peak_batch_size <= supernode.decode[0].capacity
+    assert decode.batch_size == 0
+    assert decode.kv_blocks_used == 0
+    assert decode.peak_batch_size <= decode.capacity
+
+
+def test_streaming_does_not_change_timings() -> None:
+    def run(stream_tokens: bool) -> list[tuple[float | None, float | None, int]]:
+        profiles = small_decode(blocks_per_die=3, max_batch_per_npu=2)
+        events = EventQueue()
+        supernode = Supernode(
+            profiles, events, np.random.default_rng(3), stream_tokens=stream_tokens
+        )
+        sinks = []
+        for index in range(40):
+            events.run_until(index * 0.05)
+            sink = Recorder()
+            supernode.submit(RequestSpec(f"r{index}", 1000 + index, 50), sink)
+            sinks.append(sink)
+        events.run()
+        records = [sink.finished for sink in sinks]
+        return [
+            (r.first_token_s, r.last_token_s, r.tokens_out)
+            for r in records
+            if r is not None
+        ]
+
+    assert run(True) == run(False)
+
+
+def test_kv_memory_holds_back_admission() -> None:
+    profiles = small_decode(blocks_per_die=3, max_batch_per_npu=8)
+    supernode, events = make_supernode(profiles)
+    decode = supernode.decode[0]
+    assert (decode.kv_blocks_per_die, decode.kv_blocks_total) == (3, 192)
+    # 1516 + 20 tokens reserve 3 blocks of 512, so 64 sequences fill the
+    # instance although the batch limit allows 256.
+    for index in range(100):
+        supernode.submit(RequestSpec(f"r{index}", 1516, 20), Recorder())
+
+    peak_waiting = 0
+    while (next_at_s := events.next_at_s()) is not None:
+        events.run_until(next_at_s)
+        peak_waiting = max(peak_waiting, decode.waiting_requests)
+        assert decode.kv_blocks_used <= decode.kv_blocks_total
+    assert decode.peak_batch_size == 64
+    assert peak_waiting >= 1
+    assert supernode.active_requests == 0
+    assert decode.kv_blocks_used == 0
+
+
+def test_request_larger_than_a_die_is_rejected() -> None:
+    profiles = small_decode(blocks_per_die=3, max_batch_per_npu=8)
+    supernode, _ = make_supernode(profiles)
+    with pytest.raises(RequestTooLarge, match="needs 4 KV blocks"):
+        supernode.submit(RequestSpec("big", 1537, 20), Recorder())
+
+
+def test_tpot_slo_caps_the_batch() -> None:
+    slo_ms = 20.0
+    profiles = default_profiles(tpot_slo_ms=slo_ms, max_batch_per_npu=512)
+    supernode, events = make_supernode(profiles)
+    for index in range(400):
+        supernode.submit(RequestSpec(f"r{index}", 4096, 30), Recorder())
+    events.run()
+
+    decode = supernode.decode[0]
+    costs = supernode.costs
+    # The largest admitted batch still meets the SLO at its admission context,
+    # within 5% for the context that grows during decode.
+    peak = decode.peak_batch_size
+    per_die = -(-peak // costs.decode_dies_per_instance)
+    step_s = costs.decode_step_for(per_die, per_die * 4097.0).total_s
+    assert 1 < peak < 400
+    assert step_s / costs.expected_tokens_per_step <= slo_ms / 1e3 * 1.05
 
 
 def test_slowdown_multiplies_prefill_time() -> None:

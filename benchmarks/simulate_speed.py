@@ -1,0 +1,71 @@
+"""Time `cmx simulate` on the whole Mooncake conversation trace, twice.
+
+Imports ../shared/data/mooncake_conversation.jsonl into a temporary folder,
+simulates it with the full CloudMatrix384 deployment and seed 0 twice, and
+prints the wall time of each run, the emulated duration, the speed-up over
+real time and whether the two results files are byte for byte identical.
+The target is under 10 s of wall time (at least 350x real time).
+
+Run: .venv/bin/python benchmarks/simulate_speed.py [--trace JSONL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cmx.cli import main as cmx_main
+from emulator.profiles import default_profiles
+from emulator.simulate import SimulationConfig, simulate
+
+REPO = Path(__file__).resolve().parents[1]
+MOONCAKE = REPO.parent / "shared" / "data" / "mooncake_conversation.jsonl"
+TARGET_WALL_S = 10.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", type=Path, default=MOONCAKE)
+    args = parser.parse_args()
+    if not args.trace.is_file():
+        print(f"trace not found: {args.trace}", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.parquet"
+        command = ["trace", "import", "--format", "mooncake", str(args.trace)]
+        if cmx_main([*command, "-o", str(trace)]) != 0:
+            return 1
+        outputs = []
+        for run in (1, 2):
+            output = Path(folder) / f"results-{run}.parquet"
+            started = time.perf_counter()
+            summary = simulate(
+                SimulationConfig(trace, output, seed=0),
+                default_profiles(),
+                show_progress=False,
+            )
+            wall_s = time.perf_counter() - started
+            outputs.append(output)
+            print(
+                f"run {run}: {summary.requests} requests, "
+                f"{summary.emulated_s:,.1f} s emulated in {wall_s:.2f} s wall "
+                f"= {summary.emulated_s / wall_s:,.0f}x real time"
+            )
+        identical = outputs[0].read_bytes() == outputs[1].read_bytes()
+
+    print(f"same seed, identical results files: {identical}")
+    print(f"target: under {TARGET_WALL_S:g} s wall per run")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}"
+    )
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

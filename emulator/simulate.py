@@ -1,0 +1,424 @@
+"""`cmx simulate`: the supernode model in virtual time, with no gRPC.
+
+The trace's requests arrive at their trace times (measured from the first
+row), the event queue jumps from event to event, and each finished request
+becomes one row of the results schema that `cmx replay` writes, so every
+analysis query works on both. Columns that describe the network and the
+wall clock take the values an ideal client would measure at speed-up 1:
+
+- `scheduled_send_ms` = `actual_send_ms` = arrival_ms - first arrival_ms,
+  and `send_lag_ms` = 0;
+- `wall_ttft_ms` = `ttft_ms` and `wall_e2e_ms` = `e2e_ms` (emulated);
+- `decode_instance` is null for a request that never reached decode (a
+  one-token output, or a rejected request).
+
+Requests that the gRPC server would reject get `INVALID_ARGUMENT` with the
+server's message; requests whose KV cache cannot fit a decode die get
+`RESOURCE_EXHAUSTED`. Rows are in the order the requests finished, rejected
+ones at their arrival.
+
+Beside RESULTS.parquet the run writes RESULTS.profiles.json (the hardware,
+model and deployment used) and, unless disabled, RESULTS.timeseries.parquet
+(see `emulator.timeseries`). The results file metadata carries the run
+configuration, profiles included, under `cmx.results.run_config`. The same
+trace, profiles and seed give identical results files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cmx import __version__
+from emulator.core import EventQueue
+from emulator.engine import RequestTooLarge, Supernode, request_problem
+from emulator.errors import ConfigError
+from emulator.profiles import Profiles, profiles_to_dict
+from emulator.records import RequestRecord, RequestSpec
+from emulator.timeseries import TimeSeriesRecorder
+from traces.errors import TraceFormatError
+from traces.results_schema import (
+    RESULTS_SCHEMA,
+    RUN_CONFIG_KEY,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    STATUS_OK,
+    emulated_latencies,
+)
+from traces.schema import iter_trace_batches
+
+__all__ = [
+    "SimulationConfig",
+    "SimulationSummary",
+    "companion_path",
+    "simulate",
+]
+
+logger = logging.getLogger(__name__)
+
+STATUS_INVALID_ARGUMENT = "INVALID_ARGUMENT"
+STATUS_RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+_Advance = Callable[[], None]
+_TRACE_COLUMNS = [
+    "request_id",
+    "arrival_ms",
+    "input_tokens",
+    "output_tokens",
+    "prefix_block_hashes",
+    "block_tokens",
+]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Settings of one simulation run; raises ConfigError on an invalid value.
+
+    `limit` keeps the first N rows and `duration_s` the rows that arrive less
+    than that many seconds after the first one. `timeseries_interval_s` is
+    the length of a time series interval; None writes no time series.
+    """
+
+    trace_path: Path
+    output_path: Path
+    seed: int = 0
+    limit: int | None = None
+    duration_s: float | None = None
+    timeseries_interval_s: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be at least 1 request, got {self.limit}")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ConfigError(
+                f"duration_s must be a positive number of seconds, "
+                f"got {self.duration_s}"
+            )
+        interval = self.timeseries_interval_s
+        if interval is not None and not interval > 0:
+            raise ConfigError(
+                f"time series interval must be a positive number of seconds, "
+                f"got {interval}"
+            )
+        if not self.output_path.parent.is_dir():
+            raise ConfigError(
+                f"output directory {self.output_path.parent} not found; "
+                "create it or choose another output path"
+            )
+        if self.output_path.is_dir():
+            raise ConfigError(
+                f"output path {self.output_path} is a directory; give a file name"
+            )
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """Counts and timings of a finished simulation."""
+
+    requests: int
+    finished: int
+    rejected: int
+    emulated_s: float
+    wall_s: float
+    output_path: Path
+    profiles_path: Path
+    timeseries_path: Path | None
+
+    @property
+    def speedup(self) -> float:
+        """Emulated seconds per wall second."""
+        return self.emulated_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+def companion_path(output_path: Path, kind: str) -> Path:
+    """Return the file written beside `output_path`, e.g. RESULTS.profiles.json."""
+    suffix = ".json" if kind == "profiles" else ".parquet"
+    stem = output_path.name.removesuffix(".parquet")
+    return output_path.with_name(f"{stem}.{kind}{suffix}")
+
+
+class _Collector:
+    """Token sink of every request: keeps finished records in order."""
+
+    def __init__(self) -> None:
+        self.finished: list[RequestRecord] = []
+
+    def on_tokens(self, first_index: int, emulated_at_s: Sequence[float]) -> None:
+        pass
+
+    def on_finish(self, record: RequestRecord) -> None:
+        self.finished.append(record)
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    request_id: str
+    arrival_ms: float
+    sent_ms: float
+    input_tokens: int
+    output_tokens: int
+    status: str
+    error: str
+
+
+def simulate(
+    config: SimulationConfig, profiles: Profiles, *, show_progress: bool | None = None
+) -> SimulationSummary:
+    """Run the trace through the model in virtual time and write the results.
+
+    Raises TraceFormatError for an unreadable or unsorted trace and
+    ConfigError for invalid settings.
+    """
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    started_at = time.perf_counter()
+    events = EventQueue()
+    supernode = Supernode(
+        profiles, events, np.random.default_rng(config.seed), stream_tokens=False
+    )
+    recorder = None
+    if config.timeseries_interval_s is not None:
+        recorder = TimeSeriesRecorder(
+            config.timeseries_interval_s,
+            {d.index: d.kv_blocks_total for d in supernode.decode},
+        )
+        supernode.observers.append(recorder)
+    logger.info("simulating %s on %s", config.trace_path, profiles.deployment)
+
+    collector = _Collector()
+    rows: list[RequestRecord | _Rejected] = []
+    submitted = 0
+    first_arrival_ms: float | None = None
+    with _progress(show_progress) as advance:
+        for request in _iter_requests(config):
+            if first_arrival_ms is None:
+                first_arrival_ms = request[1]
+            arrival_s = (request[1] - first_arrival_ms) / 1e3
+            events.run_until(arrival_s)
+            rows.extend(collector.finished)
+            collector.finished.clear()
+            rejected = _submit(supernode, collector, request, arrival_s)
+            if rejected is not None:
+                rows.append(rejected)
+            submitted += 1
+            advance()
+        events.run()
+    rows.extend(collector.finished)
+
+    offset_ms = first_arrival_ms or 0.0
+    table = _results_table(rows, offset_ms)
+    emulated_s = events.now_s
+    wall_s = time.perf_counter() - started_at
+    profiles_path = companion_path(config.output_path, "profiles")
+    run_config = _run_config(config, profiles, emulated_s)
+    _write_results(table, config.output_path, run_config)
+    profiles_path.write_text(json.dumps(profiles_to_dict(profiles), indent=2) + "\n")
+    timeseries_path = None
+    if recorder is not None:
+        timeseries_path = companion_path(config.output_path, "timeseries")
+        recorder.write(
+            timeseries_path, {RUN_CONFIG_KEY: json.dumps(run_config, sort_keys=True)}
+        )
+
+    rejected_count = sum(isinstance(row, _Rejected) for row in rows)
+    summary = SimulationSummary(
+        requests=submitted,
+        finished=len(rows) - rejected_count,
+        rejected=rejected_count,
+        emulated_s=emulated_s,
+        wall_s=time.perf_counter() - started_at,
+        output_path=config.output_path,
+        profiles_path=profiles_path,
+        timeseries_path=timeseries_path,
+    )
+    logger.info("simulation finished in %.2f s: %s", wall_s, summary)
+    return summary
+
+
+_Request = tuple[str, float, int, int, int, int]
+
+
+def _iter_requests(config: SimulationConfig) -> Iterator[_Request]:
+    """Yield (id, arrival_ms, input, output, hashes, block_tokens) in order."""
+    path = str(config.trace_path)
+    previous_ms = -float("inf")
+    first_ms: float | None = None
+    count = 0
+    row_number = 0
+    for batch in iter_trace_batches(config.trace_path):
+        hashes = pc.list_value_length(batch.column("prefix_block_hashes")).to_pylist()
+        columns = [batch.column(name).to_pylist() for name in _TRACE_COLUMNS]
+        columns[4] = hashes
+        for request_id, arrival_ms, inputs, outputs, hash_count, block in zip(
+            *columns, strict=True
+        ):
+            row_number += 1
+            if arrival_ms < previous_ms:
+                raise TraceFormatError(
+                    path,
+                    f"arrival_ms {arrival_ms} is before the previous row's "
+                    f"{previous_ms}; simulate needs rows sorted by arrival_ms",
+                    row=row_number,
+                    field="arrival_ms",
+                )
+            previous_ms = arrival_ms
+            if first_ms is None:
+                first_ms = arrival_ms
+            if config.limit is not None and count >= config.limit:
+                return
+            if (
+                config.duration_s is not None
+                and arrival_ms - first_ms >= config.duration_s * 1e3
+            ):
+                return
+            count += 1
+            yield request_id, arrival_ms, inputs, outputs, hash_count or 0, block
+
+
+def _submit(
+    supernode: Supernode, collector: _Collector, request: _Request, arrival_s: float
+) -> _Rejected | None:
+    request_id, arrival_ms, inputs, outputs, hash_count, block_tokens = request
+    problem = request_problem(
+        inputs, outputs, hash_count, block_tokens, supernode.profiles
+    )
+    status = STATUS_INVALID_ARGUMENT
+    if problem is None:
+        spec = RequestSpec(request_id, inputs, outputs, block_tokens=block_tokens)
+        try:
+            supernode.submit(spec, collector)
+            return None
+        except RequestTooLarge as error:
+            problem = str(error)
+            status = STATUS_RESOURCE_EXHAUSTED
+    return _Rejected(
+        request_id, arrival_ms, arrival_s * 1e3, inputs, outputs, status, problem
+    )
+
+
+def _results_table(rows: list[RequestRecord | _Rejected], offset_ms: float) -> pa.Table:
+    columns: dict[str, list[object]] = {name: [] for name in RESULTS_SCHEMA.names}
+    for row in rows:
+        values = (
+            _rejected_values(row)
+            if isinstance(row, _Rejected)
+            else _record_values(row, offset_ms)
+        )
+        for name, value in zip(RESULTS_SCHEMA.names, values, strict=True):
+            columns[name].append(value)
+    return pa.table(columns, schema=RESULTS_SCHEMA)
+
+
+def _record_values(record: RequestRecord, offset_ms: float) -> tuple[object, ...]:
+    arrival_s = record.arrival_s
+    first_ms = last_ms = None
+    if record.first_token_s is not None and record.last_token_s is not None:
+        first_ms = (record.first_token_s - arrival_s) * 1e3
+        last_ms = (record.last_token_s - arrival_s) * 1e3
+    latencies = emulated_latencies(first_ms, last_ms, record.tokens_out)
+    sent_ms = arrival_s * 1e3
+    decode_instance = record.decode_instance if record.decode_instance >= 0 else None
+    return (
+        record.spec.request_id,
+        sent_ms + offset_ms,
+        sent_ms,
+        sent_ms,
+        0.0,
+        record.spec.input_tokens,
+        record.spec.output_tokens,
+        record.tokens_out,
+        STATUS_OK,
+        None,
+        latencies.ttft_ms,
+        latencies.tpot_ms,
+        latencies.e2e_ms,
+        latencies.ttft_ms,
+        latencies.e2e_ms if latencies.e2e_ms is not None else 0.0,
+        record.queue_s * 1e3,
+        record.prefill_s * 1e3,
+        record.kv_transfer_s * 1e3,
+        record.cached_tokens,
+        record.prefill_instance,
+        decode_instance,
+    )
+
+
+def _rejected_values(row: _Rejected) -> tuple[object, ...]:
+    return (
+        row.request_id,
+        row.arrival_ms,
+        row.sent_ms,
+        row.sent_ms,
+        0.0,
+        row.input_tokens,
+        row.output_tokens,
+        0,
+        row.status,
+        row.error,
+        None,
+        None,
+        None,
+        None,
+        0.0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def _run_config(
+    config: SimulationConfig, profiles: Profiles, emulated_s: float
+) -> dict[str, object]:
+    return {
+        "mode": "simulate",
+        "trace_path": str(config.trace_path),
+        "seed": config.seed,
+        "limit": config.limit,
+        "duration_s": config.duration_s,
+        "timeseries_interval_s": config.timeseries_interval_s,
+        "emulated_s": emulated_s,
+        "cmx_version": __version__,
+        "profiles": profiles_to_dict(profiles),
+    }
+
+
+def _write_results(table: pa.Table, path: Path, run_config: dict[str, object]) -> None:
+    metadata = {
+        SCHEMA_VERSION_KEY: SCHEMA_VERSION,
+        RUN_CONFIG_KEY: json.dumps(run_config, sort_keys=True),
+    }
+    partial = path.with_name(path.name + ".partial")
+    pq.write_table(
+        table.replace_schema_metadata(metadata), str(partial), compression="zstd"
+    )
+    partial.replace(path)
+
+
+@contextmanager
+def _progress(show: bool) -> Iterator[_Advance]:
+    if not show:
+        yield lambda: None
+        return
+    columns = (
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed:,} requests"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("simulate", total=None)
+        yield lambda: progress.advance(task)
