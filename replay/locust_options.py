@@ -140,11 +140,6 @@ class LocustRunConfig:
 
     def __post_init__(self) -> None:
         parse_target(self.target)
-        if not str(self.trace_path):
-            raise ReplayError(
-                "no trace given; set --cmx-trace (or CMX_TRACE) to a canonical "
-                "trace file"
-            )
         _check_positive("--cmx-speedup", self.speedup)
         _check_positive("--cmx-timeout-s", self.timeout_s)
         if self.duration_s is not None:
@@ -167,6 +162,11 @@ class LocustRunConfig:
                 "no target given; set Locust's --host to the emulator's "
                 "HOST:PORT, for example --host 127.0.0.1:50051"
             )
+        if not options.cmx_trace:
+            raise ReplayError(
+                "no trace given; set --cmx-trace (or CMX_TRACE) to a canonical "
+                "trace file"
+            )
         mode_text = str(options.cmx_mode)
         try:
             mode = LoadMode(mode_text)
@@ -179,7 +179,7 @@ class LocustRunConfig:
         limit = _optional_number("--cmx-limit", options.cmx_limit, int)
         return cls(
             target=host,
-            trace_path=Path(str(options.cmx_trace or "")),
+            trace_path=Path(str(options.cmx_trace)),
             results_dir=Path(str(options.cmx_results or DEFAULT_RESULTS_DIR)),
             mode=mode,
             speedup=_number("--cmx-speedup", options.cmx_speedup, float),

@@ -603,6 +603,12 @@ def _report_worker_done(
 ) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
+        # The master ends the run as soon as every worker is done, and waits
+        # only 0.5 s for the workers' last statistics, which they otherwise
+        # send every 3 s. So the statistics go first, on the same connection,
+        # and reach the master before this message. `_send_stats` is what
+        # Locust's worker itself calls when it quits.
+        runner._send_stats()
         data = {"run_id": run_id, "worker_index": worker_index, "error": error}
         runner.send_message(WORKER_DONE_MESSAGE, data)
     elif error is not None:
