@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 
-_USERS_OPTIONS = ("-u", "--users")
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `locust` subcommand to the `cmx` parser."""
@@ -41,9 +39,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "per-request Parquet results under --results. Arguments after '--' "
             "go to Locust unchanged, for example: cmx locust --trace T.parquet "
             "--serve -- --headless --run-time 5m --csv stats. Without "
-            "--headless, Locust's web UI listens on http://127.0.0.1:8089."
+            "--headless, Locust's web UI serves http://127.0.0.1:8089. The web "
+            "UI, and the master that --workers starts, listen on 127.0.0.1 "
+            "only, unless --web-host or --master-bind-host is given after '--'."
         ),
     )
+
     parser.add_argument(
         "--trace",
         type=Path,
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="TRACE.parquet",
         help="canonical trace to send",
     )
+
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--target", metavar="HOST:PORT", help="address of a running emulator"
@@ -59,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--serve",
         action="store_true",
         help="start an emulator on a free loopback port for this run "
-        "(its log goes to RESULTS/server.log)",
+        "(its log goes to DIR/server.log, DIR from --results)",
     )
+
     parser.add_argument(
         "--mode",
         choices=[mode.value for mode in LoadMode],
@@ -95,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a Locust master and N worker processes on this machine "
         "(Locust's --processes); in trace mode also N users unless -u is given",
     )
+
     parser.add_argument(
         "locust_args",
         nargs="*",
@@ -123,23 +127,32 @@ def build_locust_command(args: argparse.Namespace, target: str) -> list[str]:
         "--cmx-mode",
         args.mode,
         "--cmx-speedup",
-        f"{args.speedup:g}",
+        str(args.speedup),
         "--cmx-results",
         str(args.results),
     ]
+    locust_args: list[str] = list(args.locust_args)
+    # Locust binds all interfaces by default; like `cmx serve`, stay on
+    # loopback unless told otherwise.
+    if not _given(locust_args, "--web-host"):
+        command += ["--web-host", "127.0.0.1"]
     if args.workers is not None:
         command += ["--processes", str(args.workers)]
-
-    locust_args: list[str] = list(args.locust_args)
-    users_given = any(
-        argument in _USERS_OPTIONS or argument.startswith("--users=")
-        for argument in locust_args
-    )
-    if args.mode == LoadMode.TRACE.value and not users_given:
+        if not _given(locust_args, "--master-bind-host"):
+            command += ["--master-bind-host", "127.0.0.1"]
+    if args.mode == LoadMode.TRACE.value and not _given(locust_args, "-u", "--users"):
         # Trace mode needs at least one user per worker process.
         users = str(args.workers or 1)
         command += ["--users", users, "--spawn-rate", users]
     return command + locust_args
+
+
+def _given(locust_args: Sequence[str], *options: str) -> bool:
+    """Return whether any of `options` is among the arguments for Locust."""
+    return any(
+        argument in options or argument.split("=", 1)[0] in options
+        for argument in locust_args
+    )
 
 
 def run(args: argparse.Namespace) -> int:

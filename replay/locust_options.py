@@ -34,7 +34,7 @@ DEFAULT_RESULTS_DIR = "locust-results"
 
 
 class LoadMode(enum.Enum):
-    """How the Locust users shape the load."""
+    """Load model of the Locust users."""
 
     # Every trace request is sent once, at its trace time divided by the
     # speed-up, whatever the number of users (open loop).

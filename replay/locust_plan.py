@@ -1,4 +1,4 @@
-"""What each Locust worker sends, when, and where it writes its results.
+"""Shares, send times and results paths of the workers of a Locust run.
 
 In trace mode the trace's rows are numbered from 0 in file order (after
 `--cmx-limit` and `--cmx-duration-s`), and the worker at position i of a run's
@@ -245,7 +245,7 @@ class ShardQueue:
         # requests with equal times in the order they were given back.
         self._returned: list[tuple[float, int, ScheduledRequest]] = []
         self._returned_count = 0
-        self.taken = 0
+        self.taken_count = 0
 
     def take(self) -> ScheduledRequest | None:
         """Return the next request due, or None when every request was taken."""
@@ -256,15 +256,19 @@ class ShardQueue:
             if next_request is None:
                 return None
             scheduled = next_request
-        self.taken += 1
+        self.taken_count += 1
         return scheduled
 
     def give_back(self, scheduled: ScheduledRequest) -> None:
-        """Put back a request taken but not sent; it is the next one taken."""
+        """Put back a request taken but not sent.
+
+        Requests put back are taken again before the rest, earliest send time
+        first.
+        """
         self._returned_count += 1
         item = (scheduled.scheduled_send_ms, self._returned_count, scheduled)
         heapq.heappush(self._returned, item)
-        self.taken -= 1
+        self.taken_count -= 1
 
 
 class ShapeSampler:

@@ -12,8 +12,8 @@ received as response length. An ok call also fires one event of request type
 "TTFT" and, for two or more tokens, one of type "TPOT", whose response times
 are the emulated TTFT and TPOT in ms. So Locust's tables and charts show the
 percentiles of all three, and its "Aggregated" row counts each call up to
-three times. A failed call has no response time (None), so that it does not
-skew the percentiles; it counts as a failure named by its gRPC status.
+three times. A failed call counts as a failure named by its gRPC status. It
+has no response time (None), so that it does not skew the percentiles.
 
 Each worker also writes one results row per sent request (see
 `replay.results`) to its own Parquet file, described in `replay.locust_plan`.
@@ -411,7 +411,7 @@ class GenerateUser(User):
 
     Set Locust's `--host` to the emulator's HOST:PORT and `--cmx-trace` to a
     canonical trace. In trace mode (`--cmx-mode trace`) the users of a worker
-    share its requests and send each at its due time; one user per worker is
+    share its requests and send each at its due time. One user per worker is
     enough, and each worker needs at least one. In users mode each user
     sends requests drawn from the trace one after another, waiting
     `wait_time` between them (none by default). Subclass it in your own

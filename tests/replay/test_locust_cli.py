@@ -30,9 +30,11 @@ def test_command_from_defaults() -> None:
         "--cmx-mode",
         "trace",
         "--cmx-speedup",
-        "1",
+        "1.0",
         "--cmx-results",
         "locust-results",
+        "--web-host",
+        "127.0.0.1",
         "--users",
         "1",
         "--spawn-rate",
@@ -57,8 +59,12 @@ def test_workers_and_passed_arguments() -> None:
         "2.5",
         "--cmx-results",
         "locust-results",
+        "--web-host",
+        "127.0.0.1",
         "--processes",
         "3",
+        "--master-bind-host",
+        "127.0.0.1",
         "--users",
         "3",
         "--spawn-rate",
@@ -75,6 +81,17 @@ def test_given_users_kept(users: list[str]) -> None:
 
     assert command.count("--spawn-rate") == 0
     assert command[-len(users) :] == users
+
+
+def test_given_bind_hosts_kept() -> None:
+    command = locust_command(
+        *["--trace", "t", "--serve", "--workers", "2", "--"],
+        *["--web-host", "0.0.0.0", "--master-bind-host=0.0.0.0"],
+    )
+
+    assert command.count("--web-host") == 1
+    assert command.count("127.0.0.1") == 0
+    assert command[-3:] == ["--web-host", "0.0.0.0", "--master-bind-host=0.0.0.0"]
 
 
 def test_users_mode_adds_no_users() -> None:

@@ -191,7 +191,7 @@ def test_queue_gives_back_in_send_order() -> None:
     assert second is not None and first is not None
     queue.give_back(second)
     queue.give_back(first)
-    assert queue.taken == 0
+    assert queue.taken_count == 0
 
     taken = [queue.take() for _ in range(5)]
     assert [item.request.request_id if item else None for item in taken] == [
@@ -201,7 +201,7 @@ def test_queue_gives_back_in_send_order() -> None:
         "r3",
         None,
     ]
-    assert queue.taken == 4
+    assert queue.taken_count == 4
 
 
 def test_sampler_is_seeded(tmp_path: Path) -> None:

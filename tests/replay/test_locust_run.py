@@ -20,7 +20,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pytest
 
 from cmx.cli import main
 from cmx.demo import start_server
@@ -298,24 +297,16 @@ def test_missing_trace_exits_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in finished.stderr
 
 
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--host", "localhost"], "target 'localhost' is not HOST:PORT"),
-        (["--cmx-speedup", "0"], "--cmx-speedup must be a number > 0, not 0.0"),
-    ],
-)
-def test_bad_options_exit_with_one_line(
-    tmp_path: Path, arguments: list[str], message: str
-) -> None:
+def test_bad_target_exits_with_one_line(tmp_path: Path) -> None:
     trace, _ = generated_trace(tmp_path, 2)
     command = locust_command(
-        "--headless", "--host", "127.0.0.1:9", "--cmx-trace", str(trace), *arguments
+        "--headless", "--host", "localhost", "--cmx-trace", str(trace)
     )
 
     finished = subprocess.run(
         command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
     )
     assert finished.returncode == 2
-    assert message in finished.stderr.strip().splitlines()[-1]
+    last_line = finished.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("cmx: error: target 'localhost' is not HOST:PORT")
     assert "Traceback" not in finished.stderr
