@@ -64,6 +64,7 @@ from traces.errors import TraceError
 from traces.schema import read_trace_metadata
 
 __all__ = [
+    "EXIT_RUN_FAILED",
     "REQUEST_TYPE",
     "TPOT_REQUEST_TYPE",
     "TTFT_REQUEST_TYPE",
@@ -97,6 +98,9 @@ _FLUSH_INTERVAL_S = 2.0
 _CONNECT_TIMEOUT_S = 10.0
 _CANCEL_TIMEOUT_S = 10.0
 _STOPPED_DETAILS = "cancelled because Locust stopped the user or the run"
+# Exit status of a Locust process whose run could not start; 2 is also the
+# status of `cmx` commands on bad input.
+EXIT_RUN_FAILED = 2
 
 
 class GenerateFailed(Exception):
@@ -531,7 +535,7 @@ def _plan_distributed_run(environment: Environment, runner: MasterRunner) -> Non
         config = _load_config(environment)
     except (ReplayError, TraceError) as error:
         logger.error("cannot start run %s: %s", plan.run_id, error)
-        _end_run(environment)
+        _end_run(environment, failed=True)
         return
 
     too_few_users = runner.target_user_count < plan.worker_count
@@ -543,7 +547,7 @@ def _plan_distributed_run(environment: Environment, runner: MasterRunner) -> Non
             plan.worker_count,
             plan.worker_count,
         )
-        _end_run(environment)
+        _end_run(environment, failed=True)
 
 
 def _new_plan(
@@ -612,8 +616,8 @@ def _report_worker_done(
         data = {"run_id": run_id, "worker_index": worker_index, "error": error}
         runner.send_message(WORKER_DONE_MESSAGE, data)
     elif error is not None:
-        logger.error("stopping the run: %s", error)
-        _end_run(environment)
+        # The caller has logged the error.
+        _end_run(environment, failed=True)
     else:
         logger.info("run %s: every request of the trace was sent", run_id)
         _end_run(environment)
@@ -632,7 +636,7 @@ def _on_worker_done(environment: Environment, msg: Any, **_kwargs: Any) -> None:
             msg.node_id,
             data["error"],
         )
-        _end_run(environment)
+        _end_run(environment, failed=True)
         return
 
     run.finished_workers.add(int(data["worker_index"]))
@@ -646,11 +650,16 @@ def _on_worker_done(environment: Environment, msg: Any, **_kwargs: Any) -> None:
         _end_run(environment)
 
 
-def _end_run(environment: Environment) -> None:
-    """Quit a headless run, or stop a web UI run, from a greenlet of its own."""
+def _end_run(environment: Environment, failed: bool = False) -> None:
+    """Quit a headless run, or stop a web UI run, from a greenlet of its own.
+
+    With `failed`, a headless Locust exits with status 2 (bad input or setup).
+    """
     runner = environment.runner
     if runner is None:
         return
+    if failed:
+        environment.process_exit_code = EXIT_RUN_FAILED
     options = environment.parsed_options
     headless = bool(options is not None and options.headless)
     gevent.spawn(runner.quit if headless else runner.stop)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pytest
 
 from cmx.cli import main
 from cmx.demo import start_server
@@ -152,7 +153,11 @@ def master_arguments(target: str, trace: Path, results: Path) -> list[str]:
 
 
 def start_workers(
-    stack: ExitStack, tmp_path: Path, master_log: Path, master: subprocess.Popen[bytes]
+    stack: ExitStack,
+    tmp_path: Path,
+    master_log: Path,
+    master: subprocess.Popen[bytes],
+    count: int = 2,
 ) -> list[subprocess.Popen[bytes]]:
     port = wait_for_log(master_log, MASTER_PORT, master).group(1)
     worker_arguments = ["--worker", "--master-host", "127.0.0.1", "--master-port", port]
@@ -160,7 +165,7 @@ def start_workers(
         stack.enter_context(
             child(locust_command(*worker_arguments), tmp_path / f"worker{index}.log")
         )
-        for index in range(2)
+        for index in range(count)
     ]
 
 
@@ -200,6 +205,35 @@ def test_master_two_workers_send_trace_once(tmp_path: Path) -> None:
     assert_clean_logs(master_log, tmp_path / "worker0.log", tmp_path / "worker1.log")
 
 
+def test_sigterm_cancels_open_streams(tmp_path: Path) -> None:
+    trace = write_long_trace(tmp_path / "long.parquet", 4)
+    results = tmp_path / "results"
+    log_path = tmp_path / "locust.log"
+
+    with ExitStack() as stack:
+        target = stack.enter_context(start_server(tmp_path / "server.log", 1.0))
+        command = locust_command(
+            *["--headless", "--run-time", "60s", "--host", target],
+            *["--cmx-trace", str(trace), "--cmx-results", str(results)],
+        )
+        locust = stack.enter_context(child(command, log_path))
+        wait_for_log(log_path, re.compile(r"worker 0 of 1 writes"), locust)
+        # A local run starts at once; the last request is due 150 ms later.
+        time.sleep(1.5)
+
+        locust.send_signal(signal.SIGTERM)
+        assert locust.wait(timeout=RUN_TIMEOUT_S) == 0
+
+    rows = result_rows(results)
+    assert [row[1] for row in rows] == [f"long{index}" for index in range(4)]
+    assert {row[2] for row in rows} == {"CANCELLED"}
+    assert all(int(str(row[3])) > 0 for row in rows)
+    assert not list(results.glob("**/*.parts"))
+    assert "Got SIGTERM" in log_path.read_text()
+    assert_clean_logs(log_path)
+
+
+@pytest.mark.slow
 def test_worker_quit_and_stop_keep_rows(tmp_path: Path) -> None:
     trace = write_long_trace(tmp_path / "long.parquet", 6)
     results = tmp_path / "results"
@@ -310,3 +344,26 @@ def test_bad_target_exits_with_one_line(tmp_path: Path) -> None:
     last_line = finished.stderr.strip().splitlines()[-1]
     assert last_line.startswith("cmx: error: target 'localhost' is not HOST:PORT")
     assert "Traceback" not in finished.stderr
+
+
+def test_worker_setup_error_ends_run(tmp_path: Path) -> None:
+    trace, _ = generated_trace(tmp_path, 4)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    master_log = tmp_path / "master.log"
+
+    with ExitStack() as stack:
+        # The worker gets --cmx-results from the master and cannot create
+        # its results folder inside a file.
+        arguments = master_arguments("127.0.0.1:9", trace, not_a_folder / "results")
+        arguments[arguments.index("--expect-workers") + 1] = "1"
+        arguments += ["--run-time", "60s"]
+        master = stack.enter_context(child(locust_command(*arguments), master_log))
+        (worker,) = start_workers(stack, tmp_path, master_log, master, count=1)
+        assert master.wait(timeout=RUN_TIMEOUT_S) == 2
+        assert worker.wait(timeout=RUN_TIMEOUT_S) == 0
+
+    worker_log = (tmp_path / "worker0.log").read_text()
+    assert "cannot start this worker's part of the run" in worker_log
+    assert re.search(r"stopping run \S+: worker \S+ failed: ", master_log.read_text())
+    assert_clean_logs(master_log, tmp_path / "worker0.log")
