@@ -17,8 +17,9 @@ has no response time (None), so that it does not skew the percentiles.
 
 Each worker also writes one results row per sent request (see
 `replay.results`) to its own Parquet file, described in `replay.locust_plan`.
-When Locust stops a user or the run, open streams are cancelled: their rows
-are written with status CANCELLED, and no request event is fired for them.
+When Locust stops the run (or, in users mode, a user), open streams are
+cancelled. Their rows are written with status CANCELLED, and no request event
+is fired for them.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def call_generate(
     token_count = 0
     summary: emulator_pb2.GenerateSummary | None = None
     status, details = STATUS_OK, None
+    stopped = False
     sent_at_s = time.perf_counter()
     call = stub.Generate(request, timeout=timeout_s)
 
@@ -156,6 +158,7 @@ def call_generate(
         status, details = error.code().name, error.details() or ""
     except GreenletExit:
         call.cancel()
+        stopped = True
         status, details = STATUS_CANCELLED, _STOPPED_DETAILS
     if status == STATUS_OK and summary is None:
         status, details = STATUS_NO_SUMMARY, "stream ended without a summary"
@@ -173,7 +176,7 @@ def call_generate(
         latencies=latencies,
         summary=summary if status == STATUS_OK else None,
     )
-    if details == _STOPPED_DETAILS:
+    if stopped:
         raise CallStopped(outcome)
     return outcome
 
@@ -429,7 +432,7 @@ class GenerateUser(User):
         self._session: _WorkerSession | None = None
         self._user_number = 0
         self._sent = 0
-        self._rng = np.random.default_rng()
+        self._rng: np.random.Generator | None = None
 
     def on_start(self) -> None:
         """Attach the user to its worker's session of the current run."""
@@ -444,9 +447,11 @@ class GenerateUser(User):
     def send_request(self) -> None:
         """Send the next request of this user's mode."""
         session = self._session
-        if session is None or session.run_id != _current_run_id(self.environment):
+        if session is None or _sessions.get(self.environment) is not session:
+            # No part in this run, or the run this user started in has ended.
             raise StopUser()
         if session.config.mode is LoadMode.USERS:
+            assert self._rng is not None
             self._sent += 1
             request_id = f"{session.worker_index}.{self._user_number}.{self._sent}"
             session.send_sampled(self._rng, request_id)
@@ -461,11 +466,6 @@ class GenerateUser(User):
         if not sent:
             session.finish()
             raise StopUser()
-
-
-def _current_run_id(environment: Environment) -> str | None:
-    session = _sessions.get(environment)
-    return None if session is None else session.run_id
 
 
 def _add_options(parser: Any, **_kwargs: Any) -> None:

@@ -269,6 +269,49 @@ def test_worker_quit_and_stop_keep_rows(tmp_path: Path) -> None:
     assert_clean_logs(master_log, tmp_path / "worker0.log", tmp_path / "worker1.log")
 
 
+def test_failed_call_reported_as_failure(tmp_path: Path) -> None:
+    # r1 has two 512-token prefix hashes for a 100-token prompt, which the
+    # emulator rejects with INVALID_ARGUMENT.
+    table = pa.table(
+        {
+            "request_id": ["r0", "r1", "r2"],
+            "arrival_ms": [0.0, 10.0, 20.0],
+            "input_tokens": [100, 100, 100],
+            "output_tokens": [4, 4, 4],
+            "prefix_block_hashes": [[], [1, 2], []],
+            "block_tokens": [0, 512, 0],
+            "session_id": [None, None, None],
+        }
+    )
+    trace = tmp_path / "trace.parquet"
+    write_trace(table, trace)
+    results = tmp_path / "results"
+    log_path = tmp_path / "locust.log"
+
+    with start_server(tmp_path / "server.log", 20.0) as target:
+        command = locust_command(
+            *["--headless", "--run-time", "60s", "--host", target],
+            *["--cmx-trace", str(trace), "--cmx-results", str(results)],
+            *["--json-file", str(tmp_path / "stats")],
+        )
+        with child(command, log_path) as locust:
+            # Locust's exit status when a request failed.
+            assert locust.wait(timeout=RUN_TIMEOUT_S) == 1
+
+    statuses = {row[1]: row[2] for row in result_rows(results)}
+    assert statuses == {"r0": "ok", "r1": "INVALID_ARGUMENT", "r2": "ok"}
+    counts = final_counts(tmp_path / "stats")
+    assert counts["grpc"] == (3, 1)
+    assert counts["TTFT"] == (2, 0)
+    assert counts["TPOT"] == (2, 0)
+    entries = json.loads((tmp_path / "stats.json").read_text())
+    (call_entry,) = [entry for entry in entries if entry["method"] == "grpc"]
+    # The failed call has no response time, so only the two ok calls count.
+    assert call_entry["num_none_requests"] == 1
+    assert sum(call_entry["response_times"].values()) == 2
+    assert_clean_logs(log_path)
+
+
 def test_users_mode_draws_from_trace(tmp_path: Path) -> None:
     trace, request_ids = generated_trace(tmp_path, 40)
     results = tmp_path / "results"
