@@ -84,7 +84,7 @@ def final_counts(json_prefix: Path) -> dict[str, tuple[int, int]]:
     """Return (requests, failures) per request type from Locust's --json-file.
 
     Locust rewrites its CSV stats once a second, so the CSV can miss the last
-    second of a run; the JSON file is written at shutdown with the final
+    second of a run. The JSON file is written at shutdown with the final
     figures.
     """
     counts: dict[str, tuple[int, int]] = {}
