@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from replay.metrics import SloMetric, parse_slo
+from replay.pacing import DEFAULT_SPIN_S
 from replay.runner import ReplayConfig, ReplaySummary, run_replay
 from replay.summary import format_summary
 
@@ -132,6 +133,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "time (default 10)",
     )
     parser.add_argument(
+        "--spin-ms",
+        type=float,
+        default=DEFAULT_SPIN_S * 1000.0,
+        metavar="MS",
+        help="stop sleeping MS milliseconds before each due time and poll, for "
+        "sub-millisecond send times at the cost of CPU; 0 only sleeps "
+        f"(default {DEFAULT_SPIN_S * 1000.0:g})",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="also print the run summary as JSON on stdout",
@@ -160,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         slos=tuple(parse_slo(text) for text in args.slo),
         lag_warning_ms=args.lag_warning_ms,
         cancel_grace_s=args.cancel_grace_s,
+        spin_s=args.spin_ms / 1000.0,
     )
     summary = run_replay(config)
     _print_summary(summary)

@@ -196,3 +196,16 @@ def test_missing_tpot_with_tokens_misses_slo() -> None:
 def test_nan_limit_is_never_accepted() -> None:
     with pytest.raises(ReplayError):
         parse_slo(f"ttft_ms={math.nan}")
+
+
+@given(st.lists(st.floats(0.0, 1e4), min_size=2, max_size=600))
+def test_gap_stats_match_numpy(times_ms: list[float]) -> None:
+    # Short streams are sorted in Python and long ones by numpy; both must
+    # give numpy's linear-interpolation percentiles.
+    gaps = gaps_of(tuple(times_ms))
+    stats = gaps.stats()
+    expected = np.quantile(np.array(gaps.gaps_ms), [0.5, 0.99])
+
+    assert stats.itl_ms_p50 == pytest.approx(expected[0], rel=1e-12, abs=1e-9)
+    assert stats.itl_ms_p99 == pytest.approx(expected[1], rel=1e-12, abs=1e-9)
+    assert stats.itl_ms_max == max(gaps.gaps_ms)

@@ -1,0 +1,108 @@
+"""Send lag of the replayer at a fixed request rate against `cmx serve`.
+
+Generates a seeded Poisson trace (default 500 requests/s for 20 s, short
+prompts and outputs), starts `cmx serve` on a free loopback port, and
+replays the trace twice in this process against the same server: once with
+the default polling of the last moment before each due time, once with
+polling off (`spin_s` 0), so the two are measured side by side in one run.
+Prints, for each, the send lag p50/p99/max from the results file, the
+sender's verdict, and the CPU time the replayer used.
+
+Usage: .venv/bin/python benchmarks/replay_send_lag.py [--rate 500]
+[--seconds 20] [--out-dir DIR]. The emulator runs at time scale 1, so the
+trace's load is what it sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from cmx.demo import start_server
+from replay.pacing import DEFAULT_SPIN_S
+from replay.runner import ReplayConfig, ReplaySummary, replay
+from traces.schema import write_trace
+
+
+def write_poisson_trace(
+    path: Path, rate_per_s: float, seconds: float, seed: int
+) -> int:
+    """Write a trace of Poisson arrivals; return its number of requests."""
+    rng = np.random.default_rng(seed)
+    count = int(rate_per_s * seconds)
+    arrivals_ms = np.cumsum(rng.exponential(1000.0 / rate_per_s, count))
+    table = pa.table(
+        {
+            "request_id": [f"r{index}" for index in range(count)],
+            "arrival_ms": arrivals_ms,
+            "input_tokens": rng.integers(64, 512, count),
+            "output_tokens": rng.integers(2, 8, count),
+            "prefix_block_hashes": [[] for _ in range(count)],
+            "block_tokens": np.zeros(count, dtype=np.int32),
+            "session_id": [None] * count,
+        }
+    )
+    write_trace(table, path)
+    return count
+
+
+def run_once(
+    trace: Path, target: str, output: Path, spin_s: float
+) -> tuple[ReplaySummary, float]:
+    """Replay `trace`; return the summary and the CPU seconds used."""
+    config = ReplayConfig(
+        trace_path=trace, target=target, output_path=output, spin_s=spin_s
+    )
+    cpu_before_s = time.process_time()
+    summary = asyncio.run(replay(config, show_progress=False))
+    return summary, time.process_time() - cpu_before_s
+
+
+def report(label: str, summary: ReplaySummary, cpu_s: float, wall_s: float) -> None:
+    metrics = summary.metrics
+    print(
+        f"{label:<22} sent {summary.sent:>6}  failed {summary.failed:>4}  "
+        f"send lag p50 {metrics.send_lag_ms_p50:.3f} ms  "
+        f"p99 {metrics.send_lag_ms_p99:.3f} ms  max {metrics.send_lag_ms_max:.1f} ms  "
+        f"kept up: {metrics.kept_up}  replayer CPU {cpu_s:.1f} s of {wall_s:.1f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="requests/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="trace length")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out-dir", type=Path, help="keep files here")
+    args = parser.parse_args()
+
+    out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="cmx-send-lag-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trace = out_dir / "trace.parquet"
+    count = write_poisson_trace(trace, args.rate, args.seconds, args.seed)
+    print(
+        f"trace: {count} requests, Poisson at {args.rate:g}/s for {args.seconds:g} s; "
+        f"{os.cpu_count()} CPUs; files in {out_dir}"
+    )
+
+    with start_server(out_dir / "server.log", time_scale=1.0) as target:
+        for label, spin_s in (
+            (f"polling {DEFAULT_SPIN_S * 1e3:g} ms", DEFAULT_SPIN_S),
+            ("no polling", 0.0),
+        ):
+            output = out_dir / f"results-spin-{spin_s:g}.parquet"
+            output.unlink(missing_ok=True)
+            started_s = time.perf_counter()
+            summary, cpu_s = run_once(trace, target, output, spin_s)
+            report(label, summary, cpu_s, time.perf_counter() - started_s)
+
+
+if __name__ == "__main__":
+    main()
