@@ -2,7 +2,7 @@
 
 The emulator itself cannot serve a million requests quickly on a small
 machine, and its memory is not what this measures. So a minimal gRPC server
-(in its own process, `--serve`) answers every Generate call at once with
+(in its own process, `--serve`) replies to every Generate call at once with
 one chunk of two tokens and a summary. The replayer runs in a child process
 of its own (`--replay`) and reports its peak resident set size
 (`ru_maxrss`) when it ends. Two trace lengths run side by side, one tenth

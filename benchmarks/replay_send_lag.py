@@ -1,9 +1,9 @@
 """Send lag of the replayer at a fixed request rate against `cmx serve`.
 
 Generates a seeded Poisson trace (default 500 requests/s for 20 s, short
-prompts and outputs), starts `cmx serve` on a free loopback port, and
-replays the trace twice in this process against the same server: once with
-the default polling of the last moment before each due time, once with
+prompts and outputs) and starts `cmx serve` on a free loopback port. Then
+replays the trace twice in this process against the same server, once with
+the default polling of the last moment before each due time and once with
 polling off (`spin_s` 0), so the two are measured side by side in one run.
 Prints, for each, the send lag p50/p99/max from the results file, the
 sender's verdict, and the CPU time the replayer used.

@@ -1,8 +1,8 @@
 """Per-request metrics of a replay beyond TTFT, TPOT and end-to-end latency.
 
-docs/metrics.md defines every metric of a results file with worked examples;
-this module computes the ones that need more than a token count and the
-first and last timestamps (those are in `replay.results.emulated_latencies`).
+docs/metrics.md defines every metric of a results file with worked examples.
+This module computes the ones that need more than a token count and the
+first and last timestamps, which `replay.results.emulated_latencies` uses.
 
 For a stream whose n tokens carry the emulated timestamps t_1 ... t_n, in
 milliseconds since the request arrived at the emulator:

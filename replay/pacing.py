@@ -71,8 +71,8 @@ class Pacer:
 class LagMonitor:
     """Counts sends later than `threshold_ms` and logs a warning about them.
 
-    At most one warning is logged every `interval_s` seconds of `clock`; it
-    says how many sends were late since the last one and the worst lateness.
+    At most one warning is logged every `interval_s` seconds of `clock`. It
+    gives the number of sends late since the last warning and the worst one.
     `late_sends` and `worst_ms` cover the whole run.
     """
 

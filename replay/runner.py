@@ -1,9 +1,10 @@
 """Open-loop replay of a trace against an emulator over gRPC.
 
 Each request is sent at its trace arrival divided by the speed-up, counted
-from the start of the chosen window (`replay.schedule` gives the formulas),
-whether or not earlier requests have finished: every request runs in its
-own task, so a slow response never delays a later send. Timers and stamps
+from the start of the chosen window (`replay.schedule` gives the formulas).
+It is sent whether or not earlier requests have finished, because every
+request runs in its own task, so a slow response never delays a later send.
+Timers and stamps
 use the monotonic `time.perf_counter()`. Each row records how late its send
 was (`send_lag_ms`), so a loop that runs late shows in the results instead
 of being hidden, and the run warns while it goes when sends fall behind.

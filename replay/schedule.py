@@ -62,7 +62,7 @@ _HASH_CHUNK_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class ScheduleWindow:
-    """Which part of a trace to send and which part to measure.
+    """Part of a trace to send, and the part of it to measure.
 
     Every duration is in seconds of trace time. `start_s` and `duration_s`
     select the rows sent, `limit` caps their number, and `warmup_s` and
@@ -94,7 +94,7 @@ class ScheduleWindow:
 
 @dataclass(frozen=True)
 class TracePlan:
-    """What a replay of one trace file will send, found before the run.
+    """Plan of a replay of one trace file, made before the run.
 
     Arrival times are trace ms. `last_arrival_ms` is None when the window
     is empty. `trace_sha256` is the hex SHA-256 of the file's bytes.
@@ -198,8 +198,8 @@ async def iter_scheduled(
     """Yield the planned requests in trace order, with their send times.
 
     Parquet batches are read in a worker thread one batch ahead, so reading
-    never waits on the disk when a send is due; rows become Python objects
-    in slices of a few hundred on the event loop.
+    never waits on the disk when a send is due. Rows become Python objects
+    on the event loop, in slices of 128.
     """
     batches = iter_trace_batches(plan.trace_path, batch_rows=_READ_BATCH_ROWS)
     remaining = plan.planned_requests
@@ -270,10 +270,10 @@ class _ArrivalScan:
         end_ms = _window_end_ms(start_ms, self._window)
         inside = arrivals_ms[(arrivals_ms >= start_ms) & (arrivals_ms < end_ms)]
         room = math.inf if self._window.limit is None else self._window.limit
-        kept = inside[: int(min(len(inside), room - self.in_window))]
-        if len(kept):
-            self.in_window += len(kept)
-            self.last_in_window_ms = float(kept[-1])
+        within_limit = inside[: int(min(len(inside), room - self.in_window))]
+        if len(within_limit):
+            self.in_window += len(within_limit)
+            self.last_in_window_ms = float(within_limit[-1])
 
     def _check(self, path: str, arrivals_ms: np.ndarray[Any, Any]) -> None:
         not_finite = np.flatnonzero(~np.isfinite(arrivals_ms))

@@ -5,9 +5,9 @@ memory and uses the same definitions as any later query (docs/metrics.md):
 
 - Send lag: `send_lag_ms` = actual - scheduled send, over every row sent.
   Under a concurrency cap it contains `concurrency_wait_ms`, the wait for a
-  free slot; what remains, `send_lag_ms - concurrency_wait_ms`, is the
-  sender's own lateness (`sender_lag_ms` here), which judges whether the
-  machine kept up.
+  free slot. The rest, `send_lag_ms - concurrency_wait_ms`, is the sender's
+  own lateness (`sender_lag_ms` here), and it decides whether the machine
+  kept up.
 - Measured rows: `measured` is true (outside warm-up and cool-down).
 - Window: wall time from the first actual send of a measured row to the
   last end of a measured row's stream, whatever its status.

@@ -71,7 +71,7 @@ SCHEDULE_CASES = [
         4.0,
         [("r3", 25.0), ("r4", 100.0), ("r5", 325.0)],
     ),
-    # Start 0.2 s, 0.5 s long: [1200, 1700) holds 1300 and 1600.
+    # Start 0.2 s, 0.5 s long: [1200, 1700) contains 1300 and 1600.
     (
         ScheduleWindow(start_s=0.2, duration_s=0.5),
         2.0,
