@@ -3,8 +3,9 @@
 Generates a seeded Poisson trace (default 500 requests/s for 20 s, short
 prompts and outputs) and starts `cmx serve` on a free loopback port. Then
 replays the trace twice in this process against the same server, once with
-the default polling of the last moment before each due time and once with
-polling off (`spin_s` 0), so the two are measured side by side in one run.
+the default timer thread for the last 2 ms before each due time and once
+with the event loop's timers only (`timer_handoff_s` 0), so the two are
+measured side by side in one run.
 Prints, for each, the send lag p50/p99/max from the results file, the
 sender's verdict, and the CPU time the replayer used.
 
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmx.demo import start_server
-from replay.pacing import DEFAULT_SPIN_S
+from replay.pacing import DEFAULT_HANDOFF_S
 from replay.runner import ReplayConfig, ReplaySummary, replay
 from traces.schema import write_trace
 
@@ -54,11 +55,11 @@ def write_poisson_trace(
 
 
 def run_once(
-    trace: Path, target: str, output: Path, spin_s: float
+    trace: Path, target: str, output: Path, handoff_s: float
 ) -> tuple[ReplaySummary, float]:
     """Replay `trace`; return the summary and the CPU seconds used."""
     config = ReplayConfig(
-        trace_path=trace, target=target, output_path=output, spin_s=spin_s
+        trace_path=trace, target=target, output_path=output, timer_handoff_s=handoff_s
     )
     cpu_before_s = time.process_time()
     summary = asyncio.run(replay(config, show_progress=False))
@@ -93,14 +94,14 @@ def main() -> None:
     )
 
     with start_server(out_dir / "server.log", time_scale=1.0) as target:
-        for label, spin_s in (
-            (f"polling {DEFAULT_SPIN_S * 1e3:g} ms", DEFAULT_SPIN_S),
-            ("no polling", 0.0),
+        for label, handoff_s in (
+            (f"timer thread {DEFAULT_HANDOFF_S * 1e3:g} ms", DEFAULT_HANDOFF_S),
+            ("event loop only", 0.0),
         ):
-            output = out_dir / f"results-spin-{spin_s:g}.parquet"
+            output = out_dir / f"results-handoff-{handoff_s:g}.parquet"
             output.unlink(missing_ok=True)
             started_s = time.perf_counter()
-            summary, cpu_s = run_once(trace, target, output, spin_s)
+            summary, cpu_s = run_once(trace, target, output, handoff_s)
             report(label, summary, cpu_s, time.perf_counter() - started_s)
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from replay.metrics import SloMetric, parse_slo
-from replay.pacing import DEFAULT_SPIN_S
+from replay.pacing import DEFAULT_HANDOFF_S
 from replay.runner import ReplayConfig, ReplaySummary, run_replay
 from replay.summary import format_summary
 
@@ -133,13 +133,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "time (default 10)",
     )
     parser.add_argument(
-        "--spin-ms",
+        "--timer-handoff-ms",
         type=float,
-        default=DEFAULT_SPIN_S * 1000.0,
+        default=DEFAULT_HANDOFF_S * 1000.0,
         metavar="MS",
-        help="stop sleeping MS milliseconds before each due time and poll, for "
-        "sub-millisecond send times at the cost of CPU; 0 only sleeps "
-        f"(default {DEFAULT_SPIN_S * 1000.0:g})",
+        help="sleep the last MS milliseconds before each due time in a timer "
+        "thread, for sub-millisecond send times; 0 uses only the event loop's "
+        f"timers, which round up to whole milliseconds (default "
+        f"{DEFAULT_HANDOFF_S * 1000.0:g})",
     )
     parser.add_argument(
         "--json",
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         slos=tuple(parse_slo(text) for text in args.slo),
         lag_warning_ms=args.lag_warning_ms,
         cancel_grace_s=args.cancel_grace_s,
-        spin_s=args.spin_ms / 1000.0,
+        timer_handoff_s=args.timer_handoff_ms / 1000.0,
     )
     summary = run_replay(config)
     _print_summary(summary)

@@ -2,10 +2,14 @@
 
 asyncio wakes a sleeping task only at whole milliseconds of its selector's
 timeout (Python's epoll and poll selectors round the timeout up to 1 ms), and
-later still when the loop is busy. `Pacer.wait_until` therefore sleeps until
-`spin_s` before the due instant and then yields to the loop with
-`asyncio.sleep(0)` until the instant has passed, which lets other tasks run
-while it waits. The spin costs CPU: about `spin_s` per send at most.
+later still when the loop is busy. `Pacer.wait_until` therefore sleeps on the
+loop until `handoff_s` before the due instant, then hands the rest of the wait
+to a timer thread. That thread sleeps with `time.sleep`, which has
+sub-millisecond resolution on Linux, and wakes the loop with
+`call_soon_threadsafe`. A thread that sleeps, unlike a task that polls the
+loop, costs no CPU while it waits, so the operating system also wakes the
+process promptly on a busy machine. benchmarks/replay_send_lag.py measures
+both clock paths side by side.
 
 Lateness is never hidden: the runner stamps every send with the monotonic
 `time.perf_counter()` clock, so a loop that runs late shows as send lag.
@@ -16,31 +20,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_SPIN_S", "LagMonitor", "Pacer"]
+__all__ = ["DEFAULT_HANDOFF_S", "LagMonitor", "Pacer"]
 
 logger = logging.getLogger(__name__)
 
-# A little above the 1 ms rounding of the selector timeout, so that the
-# coarse sleep ends before the due instant on an idle machine.
-DEFAULT_SPIN_S = 0.0012
+# Longer than the 1 ms rounding of the selector timeout plus a margin for a
+# busy loop, so that the loop's own sleep ends before the due instant.
+DEFAULT_HANDOFF_S = 0.002
 
 
 class Pacer:
     """Waits for due instants of `time.perf_counter()`, unless `stop` is set.
 
-    Call `close` when done, to end the task that watches `stop`.
+    With `handoff_s` 0 only the event loop's timers are used. Call `close`
+    when done, to end the timer thread and the task that watches `stop`.
     """
 
-    def __init__(self, stop: asyncio.Event, spin_s: float = DEFAULT_SPIN_S) -> None:
-        if spin_s < 0:
-            raise ValueError(f"spin_s must be >= 0, not {spin_s}")
+    def __init__(
+        self, stop: asyncio.Event, handoff_s: float = DEFAULT_HANDOFF_S
+    ) -> None:
+        if handoff_s < 0:
+            raise ValueError(f"handoff_s must be >= 0, not {handoff_s}")
         self._stop = stop
-        self._spin_s = spin_s
+        self._handoff_s = handoff_s
         self._stop_waiter: asyncio.Task[bool] = asyncio.ensure_future(stop.wait())
+        self._timer: _TimerThread | None = None
+        if handoff_s > 0:
+            self._timer = _TimerThread(asyncio.get_running_loop())
 
     async def wait_until(self, due_at_s: float) -> bool:
         """Return at `due_at_s` or just after; False if `stop` was set first.
@@ -48,12 +60,18 @@ class Pacer:
         When `due_at_s` has already passed, yields to the loop once, so that
         tasks started for earlier sends can begin their calls.
         """
-        coarse_s = due_at_s - time.perf_counter() - self._spin_s
+        coarse_s = due_at_s - time.perf_counter() - self._handoff_s
         if coarse_s > 0:
             await asyncio.wait({self._stop_waiter}, timeout=coarse_s)
+        if self._stop.is_set():
+            return False
 
-        await asyncio.sleep(0)
-        while time.perf_counter() < due_at_s and not self._stop.is_set():
+        if self._timer is not None and time.perf_counter() < due_at_s:
+            await self._timer.wake_at(due_at_s)
+        else:
+            await asyncio.sleep(0)
+        # A guard: neither clock path is expected to return early.
+        while time.perf_counter() < due_at_s:
             await asyncio.sleep(0)
         return not self._stop.is_set()
 
@@ -64,8 +82,53 @@ class Pacer:
         return future.done()
 
     def close(self) -> None:
-        """Cancel the task that watches the stop event."""
+        """End the timer thread and the task that watches the stop event."""
         self._stop_waiter.cancel()
+        if self._timer is not None:
+            self._timer.close()
+
+
+class _TimerThread:
+    """A thread that sleeps until each requested instant and then wakes the loop.
+
+    Requests come one at a time from the sender, so a single thread serves
+    them in order.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._requests: queue.SimpleQueue[tuple[float, asyncio.Future[None]] | None]
+        self._requests = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name="replay-timer", daemon=True
+        )
+        self._thread.start()
+
+    def wake_at(self, due_at_s: float) -> asyncio.Future[None]:
+        """Return a future that the thread completes at `due_at_s`."""
+        future = self._loop.create_future()
+        self._requests.put((due_at_s, future))
+        return future
+
+    def close(self) -> None:
+        """Ask the thread to end once its current sleep is over."""
+        self._requests.put(None)
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            due_at_s, future = request
+            delay_s = due_at_s - time.perf_counter()
+            if delay_s > 0:
+                time.sleep(delay_s)
+            try:
+                self._loop.call_soon_threadsafe(_complete, future)
+            except RuntimeError:
+                return  # the loop has closed, so nobody waits any more
+
+
+def _complete(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class LagMonitor:

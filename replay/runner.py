@@ -30,7 +30,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -54,7 +54,7 @@ from replay.metrics import (
     meets_slos,
     normalized_latency_ms,
 )
-from replay.pacing import DEFAULT_SPIN_S, LagMonitor, Pacer
+from replay.pacing import DEFAULT_HANDOFF_S, LagMonitor, Pacer
 from replay.results import STATUS_OK, ResultRow, ResultsWriter
 from replay.schedule import (
     ScheduledRequest,
@@ -97,9 +97,9 @@ class ReplayConfig:
     for no cap, the open-loop default). `slos` decide `slo_met` and goodput.
     A send whose own lateness exceeds `lag_warning_ms` counts as late for the
     warning and the summary. On a stop request, in-flight calls get
-    `cancel_grace_s` seconds to finish before they are cancelled. `spin_s`
-    is how long before each due instant the sender stops sleeping and
-    polls (see `replay.pacing`; 0 turns polling off).
+    `cancel_grace_s` seconds to finish before they are cancelled. The last
+    `timer_handoff_s` before each due instant are slept in a timer thread
+    (see `replay.pacing`; 0 uses only the event loop's timers).
     """
 
     trace_path: Path
@@ -118,7 +118,7 @@ class ReplayConfig:
     connect_timeout_s: float = 10.0
     cancel_grace_s: float = 5.0
     flush_interval_s: float = 2.0
-    spin_s: float = DEFAULT_SPIN_S
+    timer_handoff_s: float = DEFAULT_HANDOFF_S
 
     def __post_init__(self) -> None:
         parse_target(self.target)
@@ -139,8 +139,11 @@ class ReplayConfig:
             raise ReplayError(
                 f"cancel_grace_s must be >= 0 seconds, not {self.cancel_grace_s}"
             )
-        if not (math.isfinite(self.spin_s) and 0 <= self.spin_s <= 1):
-            raise ReplayError(f"spin_s must be between 0 and 1 s, not {self.spin_s}")
+        handoff_s = self.timer_handoff_s
+        if not (math.isfinite(handoff_s) and 0 <= handoff_s <= 1):
+            raise ReplayError(
+                f"timer_handoff_s must be between 0 and 1 s, not {handoff_s}"
+            )
 
     @property
     def window(self) -> ScheduleWindow:
@@ -170,7 +173,7 @@ class ReplayConfig:
             "lag_warning_ms": self.lag_warning_ms,
             "cancel_grace_s": self.cancel_grace_s,
             "flush_interval_s": self.flush_interval_s,
-            "spin_s": self.spin_s,
+            "timer_handoff_s": self.timer_handoff_s,
             "started_at": started_at.isoformat(),
             "cmx_version": __version__,
         }
@@ -448,7 +451,7 @@ class _Run:
 
     async def execute(self) -> None:
         """Send every request on schedule, then wait for all of them to end."""
-        pacer = Pacer(self._interrupt.stop_sending, self._config.spin_s)
+        pacer = Pacer(self._interrupt.stop_sending, self._config.timer_handoff_s)
         flusher = asyncio.create_task(self._flush_periodically())
         try:
             await self._send_all(pacer)
@@ -469,11 +472,9 @@ class _Run:
         async with contextlib.aclosing(requests):
             # The clock starts once the first request is read, so that
             # opening the trace does not make the first sends late.
-            first = await anext(requests, None)
+            scheduled = await anext(requests, None)
             self._start_at_s = time.perf_counter()
-            if first is None:
-                return
-            async for scheduled in _chain_first(first, requests):
+            while scheduled is not None:
                 due_at_s = self._start_at_s + scheduled.scheduled_send_ms / 1000.0
                 if not await pacer.wait_until(due_at_s):
                     return
@@ -486,6 +487,7 @@ class _Run:
                         return
                     wait_ms = (time.perf_counter() - ready_at_s) * 1000.0
                 self._start_send(scheduled, due_at_s, wait_ms)
+                scheduled = await anext(requests, None)
 
     async def _take_slot(self, pacer: Pacer) -> bool:
         """Wait for a free concurrency slot; False if a stop came first."""
@@ -587,14 +589,6 @@ class _Run:
 
     def _report_progress(self) -> None:
         self._update_progress(self.sent, self.finished, self.failed)
-
-
-async def _chain_first(
-    first: ScheduledRequest, rest: AsyncIterator[ScheduledRequest]
-) -> AsyncIterator[ScheduledRequest]:
-    yield first
-    async for scheduled in rest:
-        yield scheduled
 
 
 async def _wait_for_connection(channel: grpc.aio.Channel, config: ReplayConfig) -> None:

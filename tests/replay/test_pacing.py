@@ -21,11 +21,11 @@ class FakeClock:
         return self.now_s
 
 
-def run_pacer(spin_s: float, delays_s: list[float]) -> list[tuple[bool, float]]:
+def run_pacer(handoff_s: float, delays_s: list[float]) -> list[tuple[bool, float]]:
     """Wait for each delay in turn; return (result, instant - due) per wait."""
 
     async def scenario() -> list[tuple[bool, float]]:
-        pacer = Pacer(asyncio.Event(), spin_s)
+        pacer = Pacer(asyncio.Event(), handoff_s)
         results = []
         for delay_s in delays_s:
             due_at_s = time.perf_counter() + delay_s
@@ -37,9 +37,9 @@ def run_pacer(spin_s: float, delays_s: list[float]) -> list[tuple[bool, float]]:
     return asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("spin_s", [0.0, 0.0012, 0.01])
-def test_wait_never_returns_before_due(spin_s: float) -> None:
-    for ok, after_due_s in run_pacer(spin_s, [0.0, 0.0004, 0.003, 0.02, -0.5]):
+@pytest.mark.parametrize("handoff_s", [0.0, 0.0012, 0.01])
+def test_wait_never_returns_before_due(handoff_s: float) -> None:
+    for ok, after_due_s in run_pacer(handoff_s, [0.0, 0.0004, 0.003, 0.02, -0.5]):
         assert ok is True
         assert after_due_s >= 0.0
 
@@ -76,11 +76,11 @@ def test_wait_or_stop_reports_which_came_first() -> None:
     assert asyncio.run(scenario()) == (True, False)
 
 
-def test_negative_spin_is_rejected() -> None:
+def test_negative_handoff_is_rejected() -> None:
     async def scenario() -> None:
-        Pacer(asyncio.Event(), spin_s=-1.0)
+        Pacer(asyncio.Event(), handoff_s=-1.0)
 
-    with pytest.raises(ValueError, match="spin_s must be >= 0"):
+    with pytest.raises(ValueError, match="handoff_s must be >= 0"):
         asyncio.run(scenario())
 
 
