@@ -4,10 +4,10 @@ Each request is sent at its trace arrival divided by the speed-up, counted
 from the start of the chosen window (`replay.schedule` gives the formulas).
 It is sent whether or not earlier requests have finished, because every
 request runs in its own task, so a slow response never delays a later send.
-Timers and stamps
-use the monotonic `time.perf_counter()`. Each row records how late its send
-was (`send_lag_ms`), so a loop that runs late shows in the results instead
-of being hidden, and the run warns while it goes when sends fall behind.
+Timers and stamps use the monotonic `time.perf_counter()`. Each row records
+how late its send was (`send_lag_ms`), so a loop that runs late shows in the
+results instead of being hidden, and the run warns while it goes when sends
+fall behind.
 
 With `max_concurrency` set, the run is no longer purely open-loop: at most
 that many requests are in flight, and a request that is due while all slots
@@ -475,19 +475,30 @@ class _Run:
             scheduled = await anext(requests, None)
             self._start_at_s = time.perf_counter()
             while scheduled is not None:
-                due_at_s = self._start_at_s + scheduled.scheduled_send_ms / 1000.0
-                if not await pacer.wait_until(due_at_s):
+                if not await self._dispatch(scheduled, pacer):
                     return
-                ready_at_s = time.perf_counter()
-                if self._slot_wait_ended_at_s >= due_at_s:
-                    ready_at_s = due_at_s
-                wait_ms = None
-                if self._slots is not None:
-                    if not await self._take_slot(pacer):
-                        return
-                    wait_ms = (time.perf_counter() - ready_at_s) * 1000.0
-                self._start_send(scheduled, due_at_s, wait_ms)
                 scheduled = await anext(requests, None)
+
+    async def _dispatch(self, scheduled: ScheduledRequest, pacer: Pacer) -> bool:
+        """Wait until `scheduled` is due and, under a cap, for a slot; start it.
+
+        Returns False, without starting it, when a stop came first.
+        """
+        due_at_s = self._start_at_s + scheduled.scheduled_send_ms / 1000.0
+        if not await pacer.wait_until(due_at_s):
+            return False
+
+        ready_at_s = time.perf_counter()
+        if self._slot_wait_ended_at_s >= due_at_s:
+            ready_at_s = due_at_s
+        wait_ms = None
+        if self._slots is not None:
+            if not await self._take_slot(pacer):
+                return False
+            wait_ms = (time.perf_counter() - ready_at_s) * 1000.0
+
+        self._start_send(scheduled, due_at_s, wait_ms)
+        return True
 
     async def _take_slot(self, pacer: Pacer) -> bool:
         """Wait for a free concurrency slot; False if a stop came first."""
