@@ -670,3 +670,66 @@ def test_ctrl_c_once_lets_in_flight_finish(tmp_path: Path) -> None:
     table = pq.read_table(output_path)
     assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1"]
     assert table.column("status").to_pylist() == ["ok", "ok"]
+
+
+def test_cli_parses_window_and_slo_options() -> None:
+    args = parse_replay_args(
+        ["replay", "t.parquet", "--target", "127.0.0.1:9", "-o", "out.parquet",
+         "--start-s", "30", "--warmup-s", "5", "--cooldown-s", "6",
+         "--max-concurrency", "64", "--slo", "ttft_ms=2000", "--slo", "tpot_ms=50",
+         "--lag-warning-ms", "2.5", "--cancel-grace-s", "1", "--timer-handoff-ms",
+         "0", "--json"]
+    )  # fmt: skip
+
+    assert args.start_s == 30.0
+    assert args.warmup_s == 5.0
+    assert args.cooldown_s == 6.0
+    assert args.max_concurrency == 64
+    assert args.slo == ["ttft_ms=2000", "tpot_ms=50"]
+    assert args.lag_warning_ms == 2.5
+    assert args.cancel_grace_s == 1.0
+    assert args.timer_handoff_ms == 0.0
+    assert args.json is True
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--slo", "ttft=5"], "SLO metric 'ttft' in 'ttft=5' is unknown"),
+        (["--slo", "ttft_ms=5", "--slo", "ttft_ms=6"], "ttft_ms is given twice"),
+        (["--max-concurrency", "0"], "max_concurrency must be at least 1"),
+        (["--start-s", "-1"], "start_s must be a number >= 0"),
+        (["--timer-handoff-ms", "5000"], "timer_handoff_s must be between 0 and 1"),
+    ],
+)
+def test_cli_rejects_bad_replay_option(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    trace_path = write_test_trace(tmp_path / "trace.parquet", [0.0])
+    args = parse_replay_args(
+        ["replay", str(trace_path), "--target", "127.0.0.1:9",
+         "-o", str(tmp_path / "out.parquet"), *options]
+    )  # fmt: skip
+
+    with pytest.raises(ReplayError, match=message):
+        args.run(args)
+
+
+def test_cli_json_prints_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace_path = write_test_trace(tmp_path / "trace.parquet", ARRIVALS_MS)
+    output_path = tmp_path / "out.parquet"
+    with serve_fake_emulator_in_thread(ScriptedEmulator()) as target:
+        args = parse_replay_args(
+            ["replay", str(trace_path), "--target", target, "-o", str(output_path),
+             "--speedup", "10", "--slo", "ttft_ms=100", "--json"]
+        )  # fmt: skip
+        status = args.run(args)
+
+    printed = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert printed["requests"] == 5
+    assert printed["measured_good"] == 5
+    assert printed["slo_attainment"] == 1.0
+    assert printed["slos"] == ["ttft_ms<=100"]
