@@ -465,9 +465,9 @@ def test_stream_without_summary_is_data_loss(tmp_path: Path) -> None:
 
 
 def test_one_token_output_has_null_tpot(tmp_path: Path) -> None:
-    one = StreamScript(chunks=((42.0,),))
+    one_token = StreamScript(chunks=((42.0,),))
     config = {"speedup": SPEEDUP, "slos": (parse_slo("tpot_ms=1"),)}
-    _, table = run_against_fake(config, ScriptedEmulator(default=one), tmp_path)
+    _, table = run_against_fake(config, ScriptedEmulator(default=one_token), tmp_path)
     row = rows_by_id(table)["r0"]
 
     assert row["tpot_ms"] is None
@@ -503,7 +503,7 @@ def test_measured_flags_follow_warmup_cooldown(tmp_path: Path) -> None:
 
 
 def test_window_start_and_duration_in_run(tmp_path: Path) -> None:
-    # Window [1050, 1350) holds 1100 and 1300: due (50 / 10) and (250 / 10).
+    # Window [1050, 1350) contains 1100 and 1300, due at 50 / 10 and 250 / 10.
     config = {"speedup": SPEEDUP, "start_s": 0.05, "duration_s": 0.3}
     summary, table = run_against_fake(config, ScriptedEmulator(), tmp_path)
 
