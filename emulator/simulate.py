@@ -308,6 +308,11 @@ def _submit(
 
 
 def _results_table(rows: list[RequestRecord | _Rejected], offset_ms: float) -> pa.Table:
+    """Build the results table; columns a row does not set are NULL.
+
+    Columns that only a client can measure (inter-token statistics,
+    concurrency wait, SLO checks) stay NULL in simulated rows.
+    """
     columns: dict[str, list[object]] = {name: [] for name in RESULTS_SCHEMA.names}
     for row in rows:
         values = (
@@ -315,12 +320,14 @@ def _results_table(rows: list[RequestRecord | _Rejected], offset_ms: float) -> p
             if isinstance(row, _Rejected)
             else _record_values(row, offset_ms)
         )
-        for name, value in zip(RESULTS_SCHEMA.names, values, strict=True):
-            columns[name].append(value)
+        unknown = values.keys() - columns.keys()
+        assert not unknown, f"columns missing from RESULTS_SCHEMA: {sorted(unknown)}"
+        for name, column in columns.items():
+            column.append(values.get(name))
     return pa.table(columns, schema=RESULTS_SCHEMA)
 
 
-def _record_values(record: RequestRecord, offset_ms: float) -> tuple[object, ...]:
+def _record_values(record: RequestRecord, offset_ms: float) -> dict[str, object]:
     arrival_s = record.arrival_s
     first_ms = last_ms = None
     if record.first_token_s is not None and record.last_token_s is not None:
@@ -329,55 +336,51 @@ def _record_values(record: RequestRecord, offset_ms: float) -> tuple[object, ...
     latencies = emulated_latencies(first_ms, last_ms, record.tokens_out)
     sent_ms = arrival_s * 1e3
     decode_instance = record.decode_instance if record.decode_instance >= 0 else None
-    return (
-        record.spec.request_id,
-        sent_ms + offset_ms,
-        sent_ms,
-        sent_ms,
-        0.0,
-        record.spec.input_tokens,
-        record.spec.output_tokens,
-        record.tokens_out,
-        STATUS_OK,
-        None,
-        latencies.ttft_ms,
-        latencies.tpot_ms,
-        latencies.e2e_ms,
-        latencies.ttft_ms,
-        latencies.e2e_ms if latencies.e2e_ms is not None else 0.0,
-        record.queue_s * 1e3,
-        record.prefill_s * 1e3,
-        record.kv_transfer_s * 1e3,
-        record.cached_tokens,
-        record.prefill_instance,
-        decode_instance,
-    )
+    normalized_ms = None
+    if latencies.e2e_ms is not None and record.tokens_out > 0:
+        normalized_ms = latencies.e2e_ms / record.tokens_out
+    return {
+        "request_id": record.spec.request_id,
+        "arrival_ms": sent_ms + offset_ms,
+        "scheduled_send_ms": sent_ms,
+        "actual_send_ms": sent_ms,
+        "send_lag_ms": 0.0,
+        "input_tokens": record.spec.input_tokens,
+        "output_tokens": record.spec.output_tokens,
+        "output_tokens_received": record.tokens_out,
+        "status": STATUS_OK,
+        "error": None,
+        "ttft_ms": latencies.ttft_ms,
+        "tpot_ms": latencies.tpot_ms,
+        "e2e_ms": latencies.e2e_ms,
+        "wall_ttft_ms": latencies.ttft_ms,
+        "wall_e2e_ms": latencies.e2e_ms if latencies.e2e_ms is not None else 0.0,
+        "queue_ms": record.queue_s * 1e3,
+        "prefill_ms": record.prefill_s * 1e3,
+        "kv_transfer_ms": record.kv_transfer_s * 1e3,
+        "cached_tokens": record.cached_tokens,
+        "prefill_instance": record.prefill_instance,
+        "decode_instance": decode_instance,
+        "normalized_latency_ms": normalized_ms,
+        "measured": True,
+    }
 
 
-def _rejected_values(row: _Rejected) -> tuple[object, ...]:
-    return (
-        row.request_id,
-        row.arrival_ms,
-        row.sent_ms,
-        row.sent_ms,
-        0.0,
-        row.input_tokens,
-        row.output_tokens,
-        0,
-        row.status,
-        row.error,
-        None,
-        None,
-        None,
-        None,
-        0.0,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+def _rejected_values(row: _Rejected) -> dict[str, object]:
+    return {
+        "request_id": row.request_id,
+        "arrival_ms": row.arrival_ms,
+        "scheduled_send_ms": row.sent_ms,
+        "actual_send_ms": row.sent_ms,
+        "send_lag_ms": 0.0,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "output_tokens_received": 0,
+        "status": row.status,
+        "error": row.error,
+        "wall_e2e_ms": 0.0,
+        "measured": True,
+    }
 
 
 def _run_config(

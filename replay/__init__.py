@@ -6,6 +6,7 @@ emulator's internals.
 
 from replay.client import Outcome, generate, open_channel
 from replay.errors import ReplayError
+from replay.metrics import Slo, SloMetric, TokenGaps, parse_slo
 from replay.results import (
     RESULTS_SCHEMA,
     ResultRow,
@@ -13,6 +14,8 @@ from replay.results import (
     emulated_latencies,
 )
 from replay.runner import ReplayConfig, ReplaySummary, replay, run_replay
+from replay.schedule import ScheduleWindow, TracePlan, plan_schedule
+from replay.summary import RunMetrics, summarize_results
 
 __all__ = [
     "RESULTS_SCHEMA",
@@ -22,9 +25,18 @@ __all__ = [
     "ReplaySummary",
     "ResultRow",
     "ResultsWriter",
+    "RunMetrics",
+    "ScheduleWindow",
+    "Slo",
+    "SloMetric",
+    "TokenGaps",
+    "TracePlan",
     "emulated_latencies",
     "generate",
     "open_channel",
+    "parse_slo",
+    "plan_schedule",
     "replay",
     "run_replay",
+    "summarize_results",
 ]

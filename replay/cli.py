@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+from replay.metrics import SloMetric, parse_slo
+from replay.pacing import DEFAULT_HANDOFF_S
 from replay.runner import ReplayConfig, ReplaySummary, run_replay
+from replay.summary import format_summary
 
 __all__ = ["EXIT_INTERRUPTED", "register", "run"]
 
@@ -27,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "time divided by the speed-up, without waiting for earlier responses, "
             "and write one result row per request to Parquet. Ctrl-C stops "
             "sending and keeps the results; a second Ctrl-C cancels the requests "
-            "still running."
+            "still running. Durations of the window are in seconds of trace "
+            "time, counted from the trace's first arrival."
         ),
     )
     parser.add_argument("trace", type=Path, metavar="TRACE.parquet", help="trace file")
@@ -44,13 +49,57 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="divide trace time by this factor (> 0; default 1, trace speed)",
     )
     parser.add_argument(
-        "--limit", type=int, metavar="N", help="send only the first N requests"
+        "--start-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="start the window S seconds of trace time after the first arrival "
+        "(default 0); the schedule counts from the window start",
     )
     parser.add_argument(
         "--duration-s",
         type=float,
         metavar="S",
-        help="send only requests that arrive within the first S seconds of trace time",
+        help="send only requests that arrive within S seconds of the window start",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="send only the first N requests of the window",
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="leave requests arriving in the first S seconds of the window out of "
+        "the measured set (default 0); they are still sent",
+    )
+    parser.add_argument(
+        "--cooldown-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="leave requests arriving in the last S seconds before the window's "
+        "last request out of the measured set (default 0)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help="keep at most N requests in flight; a due request waits for a slot "
+        "and the wait is recorded as concurrency_wait_ms (default: no cap, "
+        "purely open-loop)",
+    )
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="METRIC=MS",
+        help="service-level objective for goodput, repeatable, for example "
+        "--slo ttft_ms=2000 --slo tpot_ms=50; metrics: "
+        + ", ".join(metric.value for metric in SloMetric),
     )
     parser.add_argument(
         "-o",
@@ -66,6 +115,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=600.0,
         metavar="T",
         help="deadline of each request in seconds (default 600)",
+    )
+    parser.add_argument(
+        "--cancel-grace-s",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="after Ctrl-C, let in-flight requests run S seconds before "
+        "cancelling them (default 5)",
+    )
+    parser.add_argument(
+        "--lag-warning-ms",
+        type=float,
+        default=10.0,
+        metavar="MS",
+        help="warn when sends start more than MS milliseconds after their due "
+        "time (default 10)",
+    )
+    parser.add_argument(
+        "--timer-handoff-ms",
+        type=float,
+        default=DEFAULT_HANDOFF_S * 1000.0,
+        metavar="MS",
+        help="sleep the last MS milliseconds before each due time in a timer "
+        "thread, for sub-millisecond send times; 0 uses only the event loop's "
+        f"timers, which round up to whole milliseconds (default "
+        f"{DEFAULT_HANDOFF_S * 1000.0:g})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="also print the run summary as JSON on stdout",
     )
     parser.set_defaults(run=run)
 
@@ -83,10 +163,20 @@ def run(args: argparse.Namespace) -> int:
         speedup=args.speedup,
         limit=args.limit,
         duration_s=args.duration_s,
+        start_s=args.start_s,
+        warmup_s=args.warmup_s,
+        cooldown_s=args.cooldown_s,
         timeout_s=args.timeout_s,
+        max_concurrency=args.max_concurrency,
+        slos=tuple(parse_slo(text) for text in args.slo),
+        lag_warning_ms=args.lag_warning_ms,
+        cancel_grace_s=args.cancel_grace_s,
+        timer_handoff_s=args.timer_handoff_ms / 1000.0,
     )
     summary = run_replay(config)
     _print_summary(summary)
+    if args.json:
+        print(json.dumps(summary.metrics.to_dict(), indent=2))
     return EXIT_INTERRUPTED if summary.interrupted else 0
 
 
@@ -97,3 +187,5 @@ def _print_summary(summary: ReplaySummary) -> None:
         f"wrote {summary.rows_written} rows to {summary.output_path}",
         file=sys.stderr,
     )
+    for line in format_summary(summary.metrics):
+        print(f"  {line}", file=sys.stderr)

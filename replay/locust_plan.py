@@ -36,7 +36,7 @@ import numpy as np
 from cmx.v1 import emulator_pb2
 from replay.errors import ReplayError
 from replay.locust_options import LocustRunConfig
-from replay.runner import ScheduledRequest, scheduled_send_ms
+from replay.schedule import ScheduledRequest
 from traces.errors import TraceFormatError
 from traces.schema import iter_trace_batches
 
@@ -188,12 +188,12 @@ def iter_shard(
     for row_index, row in enumerate(_iter_selected_rows(config)):
         if row_index % worker_count != worker_index:
             continue
+        arrival_ms = float(row["arrival_ms"])
         yield ScheduledRequest(
             request=request_from_row(row),
-            arrival_ms=float(row["arrival_ms"]),
-            scheduled_send_ms=scheduled_send_ms(
-                float(row["arrival_ms"]), row["first_arrival_ms"], config.speedup
-            ),
+            arrival_ms=arrival_ms,
+            scheduled_send_ms=(arrival_ms - row["first_arrival_ms"]) / config.speedup,
+            measured=True,
         )
 
 

@@ -60,7 +60,8 @@ from replay.locust_plan import (
 )
 from replay.results import STATUS_OK, EmulatedLatencies, ResultsWriter
 from replay.results import emulated_latencies as compute_latencies
-from replay.runner import ScheduledRequest, build_row
+from replay.runner import build_row
+from replay.schedule import ScheduledRequest
 from traces.errors import TraceError
 from traces.schema import read_trace_metadata
 
@@ -298,7 +299,9 @@ class _WorkerSession:
         request = self.shapes.draw(rng, request_id)
         now_ms = (time.perf_counter() - self.run_start_at_s) * 1000.0
         self.send(
-            ScheduledRequest(request, arrival_ms=now_ms, scheduled_send_ms=now_ms)
+            ScheduledRequest(
+                request, arrival_ms=now_ms, scheduled_send_ms=now_ms, measured=True
+            )
         )
 
     def send(self, scheduled: ScheduledRequest) -> None:

@@ -10,15 +10,23 @@ flush writes its rows as a complete Parquet file `part-NNNNNN.parquet` in the
 directory `<output>.parts/`, and `close()` merges the parts into the output
 file and removes them. A run killed before `close()` leaves every flushed row
 readable in that directory (for example `cmx analyze RESULTS.parquet.parts`).
-Every file carries the run configuration as JSON under
-`cmx.results.run_config` and `cmx.results.schema_version` = "1".
+Every file carries `cmx.results.schema_version` = "1", the run configuration
+as JSON under `cmx.results.run_config`, and the writer's extra metadata
+(the runner stores the trace checksum and software versions) under
+`cmx.results.<key>`.
+
+Thread safety: `append` and `flush` may run in different threads (the
+replayer writes parts from a worker thread so that the event loop keeps its
+schedule); one lock guards the pending rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +52,9 @@ __all__ = [
     "RESULTS_SCHEMA",
     "SCHEMA_VERSION",
     "STATUS_OK",
+    "METADATA_PREFIX",
+    "RUN_CONFIG_KEY",
+    "SCHEMA_VERSION_KEY",
     "EmulatedLatencies",
     "ResultRow",
     "ResultsWriter",
@@ -54,6 +65,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PARTS_SUFFIX = ".parts"
+METADATA_PREFIX = "cmx.results."
 
 _MERGED_ROW_GROUP_ROWS = 65536
 _COMPRESSION = "zstd"
@@ -61,7 +73,11 @@ _COMPRESSION = "zstd"
 
 @dataclass(frozen=True, slots=True)
 class ResultRow:
-    """One request's result; fields are the columns of RESULTS_SCHEMA."""
+    """One request's result; fields are the columns of RESULTS_SCHEMA.
+
+    The fields with defaults are the nullable columns added after version 1
+    first shipped, so that code written before them still builds rows.
+    """
 
     request_id: str
     arrival_ms: float
@@ -84,6 +100,13 @@ class ResultRow:
     cached_tokens: int | None
     prefill_instance: int | None
     decode_instance: int | None
+    itl_ms_p50: float | None = None
+    itl_ms_p99: float | None = None
+    itl_ms_max: float | None = None
+    normalized_latency_ms: float | None = None
+    concurrency_wait_ms: float | None = None
+    measured: bool | None = None
+    slo_met: bool | None = None
 
 
 def parts_dir_for(path: str | Path) -> Path:
@@ -102,6 +125,9 @@ class ResultsWriter:
     exception) writes `path` through a temporary file and an atomic rename,
     then deletes the parts. The rows of `path` are in the order appended.
 
+    `metadata` values are stored under `cmx.results.<key>` beside the run
+    configuration.
+
     Raises ReplayError when the output directory does not exist, when `path`
     is a directory, or when a parts directory from an earlier run is in the
     way. Such a directory may contain the only copy of that run's rows, so
@@ -113,6 +139,7 @@ class ResultsWriter:
         path: str | Path,
         run_config: Mapping[str, object],
         *,
+        metadata: Mapping[str, str] | None = None,
         flush_interval_s: float = 2.0,
         flush_rows: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
@@ -126,12 +153,12 @@ class ResultsWriter:
         self._parts_dir = parts_dir_for(self._path)
         _check_output_path(self._path, self._parts_dir)
 
-        self._schema = RESULTS_SCHEMA.with_metadata(
-            {
-                SCHEMA_VERSION_KEY: SCHEMA_VERSION,
-                RUN_CONFIG_KEY: json.dumps(dict(run_config), sort_keys=True),
-            }
-        )
+        stored = {
+            METADATA_PREFIX + key: value for key, value in (metadata or {}).items()
+        }
+        stored[SCHEMA_VERSION_KEY] = SCHEMA_VERSION
+        stored[RUN_CONFIG_KEY] = json.dumps(dict(run_config), sort_keys=True)
+        self._schema = RESULTS_SCHEMA.with_metadata(stored)
         self._flush_interval_s = flush_interval_s
         self._flush_rows = flush_rows
         self._clock = clock
@@ -140,6 +167,9 @@ class ResultsWriter:
         self._rows_flushed = 0
         self._last_flush_at_s = clock()
         self._closed = False
+        # Guards _pending and _rows_flushed; _flush_lock makes flushes one at a time.
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
 
         self._parts_dir.mkdir()
         logger.info("writing results to %s (parts in %s)", self._path, self._parts_dir)
@@ -157,46 +187,57 @@ class ResultsWriter:
     @property
     def rows_written(self) -> int:
         """Rows appended so far, flushed or pending."""
-        return self._rows_flushed + len(self._pending)
+        with self._lock:
+            return self._rows_flushed + len(self._pending)
 
-    def append(self, row: ResultRow) -> None:
-        """Add one row, flushing the pending rows when a flush is due."""
+    def append(self, row: ResultRow, *, flush: bool = True) -> None:
+        """Add one row and, unless `flush` is false, flush when a flush is due.
+
+        With `flush=False` the caller runs `flush_if_due` itself, for example
+        from a worker thread.
+        """
         if self._closed:
             raise RuntimeError(f"results writer for {self._path} is closed")
-        self._pending.append(row)
-        self.flush_if_due()
+        with self._lock:
+            self._pending.append(row)
+        if flush:
+            self.flush_if_due()
 
     def flush_if_due(self) -> bool:
         """Flush when enough rows or time have accumulated; return whether it did."""
-        if not self._pending:
+        with self._lock:
+            pending = len(self._pending)
+        if not pending:
             return False
         elapsed_s = self._clock() - self._last_flush_at_s
-        if len(self._pending) < self._flush_rows and elapsed_s < self._flush_interval_s:
+        if pending < self._flush_rows and elapsed_s < self._flush_interval_s:
             return False
         self.flush()
         return True
 
     def flush(self) -> None:
         """Write the pending rows as one complete part file, if there are any."""
-        self._last_flush_at_s = self._clock()
-        if not self._pending:
-            return
+        with self._flush_lock:
+            self._last_flush_at_s = self._clock()
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if rows:
+                self._write_part(rows)
 
+    def _write_part(self, rows: list[ResultRow]) -> None:
         part_path = self._parts_dir / f"part-{len(self._part_paths):06d}.parquet"
         # Written under another name and renamed, so that a kill during the
         # write never leaves a broken file matching `*.parquet`.
         partial_path = part_path.with_name(part_path.name + ".partial")
         pq.write_table(
-            _rows_to_table(self._pending, self._schema),
-            partial_path,
-            compression=_COMPRESSION,
+            _rows_to_table(rows, self._schema), partial_path, compression=_COMPRESSION
         )
         os.replace(partial_path, part_path)
 
         self._part_paths.append(part_path)
-        self._rows_flushed += len(self._pending)
-        logger.debug("flushed %d rows to %s", len(self._pending), part_path)
-        self._pending = []
+        with self._lock:
+            self._rows_flushed += len(rows)
+        logger.debug("flushed %d rows to %s", len(rows), part_path)
 
     def close(self) -> None:
         """Flush, merge the parts into the results file and delete the parts."""
@@ -255,8 +296,17 @@ def _check_output_path(path: Path, parts_dir: Path) -> None:
 
 
 def _rows_to_table(rows: list[ResultRow], schema: pa.Schema) -> pa.Table:
-    columns = {name: [getattr(row, name) for row in rows] for name in schema.names}
-    return pa.table(columns, schema=schema)
+    # attrgetter and zip loop in C, so a flush thread holds the GIL (and
+    # delays the event loop) for less time than a Python loop per column.
+    values = map(operator.attrgetter(*schema.names), rows)
+    columns = list(zip(*values, strict=True)) or [()] * len(schema.names)
+    return pa.table(
+        {
+            name: list(column)
+            for name, column in zip(schema.names, columns, strict=True)
+        },
+        schema=schema,
+    )
 
 
 def _write_row_groups(parquet_writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:

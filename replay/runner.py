@@ -1,70 +1,105 @@
 """Open-loop replay of a trace against an emulator over gRPC.
 
-Request i is sent at
+Each request is sent at its trace arrival divided by the speed-up, counted
+from the start of the chosen window (`replay.schedule` gives the formulas).
+It is sent whether or not earlier requests have finished, because every
+request runs in its own task, so a slow response never delays a later send.
+Timers and stamps use the monotonic `time.perf_counter()`. Each row records
+how late its send was (`send_lag_ms`), so a loop that runs late shows in the
+results instead of being hidden, and the run warns while it goes when sends
+fall behind.
 
-    scheduled_send_ms = (arrival_ms_i - arrival_ms_0) / speedup
-
-wall milliseconds after the run starts, where arrival_ms_0 is the first row's
-arrival. Every request runs in its own task, so a slow response never delays
-a later send. How late each send really was is recorded as `send_lag_ms`.
-The wall clock is `time.perf_counter()` (monotonic). The trace is streamed in
-batches, and its rows must be sorted by `arrival_ms`.
+With `max_concurrency` set, the run is no longer purely open-loop: at most
+that many requests are in flight, and a request that is due while all slots
+are taken waits, in trace order, for one to free. That wait is recorded as
+`concurrency_wait_ms` and is part of `send_lag_ms`. When the sender was
+still waiting for a slot for an earlier request at a request's due time,
+the whole delay from its due time to its send counts as concurrency wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
+import json
 import logging
 import math
+import platform
 import signal
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import grpc.aio
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmx import __version__
-from cmx.v1 import emulator_pb2, emulator_pb2_grpc
+from cmx.v1 import emulator_pb2_grpc
 from replay.client import Outcome, generate, open_channel
 from replay.errors import ReplayError
+from replay.metrics import (
+    NO_GAPS,
+    InterTokenStats,
+    Slo,
+    TokenGaps,
+    check_unique_slos,
+    meets_slos,
+    normalized_latency_ms,
+)
+from replay.pacing import DEFAULT_HANDOFF_S, LagMonitor, Pacer
 from replay.results import STATUS_OK, ResultRow, ResultsWriter
-from traces.errors import TraceFormatError
-from traces.schema import iter_trace_batches, read_trace_metadata
+from replay.schedule import (
+    ScheduledRequest,
+    ScheduleWindow,
+    TracePlan,
+    iter_scheduled,
+    plan_schedule,
+)
+from replay.streams import ObservedStub
+from replay.summary import RunMetrics, summarize_results
 
 __all__ = [
     "Interrupt",
     "ReplayConfig",
     "ReplaySummary",
-    "ScheduledRequest",
     "build_row",
     "parse_target",
     "replay",
     "run_replay",
-    "scheduled_send_ms",
+    "software_versions",
 ]
 
 logger = logging.getLogger(__name__)
 
 _ProgressUpdate = Callable[[int, int, int], None]
 
+# Packages whose versions are stored with every results file.
+_VERSIONED_PACKAGES = ("grpcio", "protobuf", "pyarrow", "duckdb", "numpy")
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
     """Settings of one replay run; raises ReplayError on an invalid value.
 
-    `speedup` divides trace time (2 sends twice as fast). `limit` keeps the
-    first N rows. `duration_s` keeps the rows whose arrival is less than that
-    many seconds of trace time after the first row's. `timeout_s` is each
-    call's deadline (None for none). On a stop request, in-flight calls get
-    `cancel_grace_s` seconds to finish before they are cancelled.
+    `speedup` divides trace time (2 sends twice as fast). `start_s`,
+    `duration_s`, `limit`, `warmup_s` and `cooldown_s` choose the window
+    and the measured rows, in seconds of trace time (see
+    `replay.schedule.ScheduleWindow`). `timeout_s` is each call's deadline
+    (None for none). `max_concurrency` caps the requests in flight (None
+    for no cap, the open-loop default). `slos` decide `slo_met` and goodput.
+    A send whose own lateness exceeds `lag_warning_ms` counts as late for the
+    warning and the summary. On a stop request, in-flight calls get
+    `cancel_grace_s` seconds to finish before they are cancelled. The last
+    `timer_handoff_s` before each due instant are slept in a timer thread
+    (see `replay.pacing`; 0 uses only the event loop's timers).
     """
 
     trace_path: Path
@@ -73,26 +108,53 @@ class ReplayConfig:
     speedup: float = 1.0
     limit: int | None = None
     duration_s: float | None = None
+    start_s: float = 0.0
+    warmup_s: float = 0.0
+    cooldown_s: float = 0.0
     timeout_s: float | None = 600.0
+    max_concurrency: int | None = None
+    slos: tuple[Slo, ...] = ()
+    lag_warning_ms: float = 10.0
     connect_timeout_s: float = 10.0
     cancel_grace_s: float = 5.0
     flush_interval_s: float = 2.0
+    timer_handoff_s: float = DEFAULT_HANDOFF_S
 
     def __post_init__(self) -> None:
         parse_target(self.target)
         _check_positive("speedup", self.speedup, "1 replays at trace speed")
-        if self.limit is not None and self.limit < 1:
-            raise ReplayError(f"limit must be at least 1 request, not {self.limit}")
-        if self.duration_s is not None:
-            _check_positive("duration_s", self.duration_s, "seconds of trace time")
+        _ = self.window  # building the window checks its fields
         if self.timeout_s is not None:
             _check_positive("timeout_s", self.timeout_s, "seconds per request")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ReplayError(
+                f"max_concurrency must be at least 1 request in flight, "
+                f"not {self.max_concurrency}"
+            )
+        check_unique_slos(self.slos)
+        _check_positive("lag_warning_ms", self.lag_warning_ms, "milliseconds")
         _check_positive("connect_timeout_s", self.connect_timeout_s, "seconds")
         _check_positive("flush_interval_s", self.flush_interval_s, "seconds")
         if not self.cancel_grace_s >= 0:
             raise ReplayError(
                 f"cancel_grace_s must be >= 0 seconds, not {self.cancel_grace_s}"
             )
+        handoff_s = self.timer_handoff_s
+        if not (math.isfinite(handoff_s) and 0 <= handoff_s <= 1):
+            raise ReplayError(
+                f"timer_handoff_s must be between 0 and 1 s, not {handoff_s}"
+            )
+
+    @property
+    def window(self) -> ScheduleWindow:
+        """The trace window to send and measure."""
+        return ScheduleWindow(
+            start_s=self.start_s,
+            duration_s=self.duration_s,
+            limit=self.limit,
+            warmup_s=self.warmup_s,
+            cooldown_s=self.cooldown_s,
+        )
 
     def to_metadata(self, started_at: datetime) -> dict[str, object]:
         """Return the run description stored in the results file metadata."""
@@ -102,7 +164,16 @@ class ReplayConfig:
             "speedup": self.speedup,
             "limit": self.limit,
             "duration_s": self.duration_s,
+            "start_s": self.start_s,
+            "warmup_s": self.warmup_s,
+            "cooldown_s": self.cooldown_s,
             "timeout_s": self.timeout_s,
+            "max_concurrency": self.max_concurrency,
+            "slos": {slo.metric.value: slo.limit_ms for slo in self.slos},
+            "lag_warning_ms": self.lag_warning_ms,
+            "cancel_grace_s": self.cancel_grace_s,
+            "flush_interval_s": self.flush_interval_s,
+            "timer_handoff_s": self.timer_handoff_s,
             "started_at": started_at.isoformat(),
             "cmx_version": __version__,
         }
@@ -110,22 +181,15 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class ReplaySummary:
-    """Counts of a finished or interrupted run."""
+    """Counts of a finished or interrupted run, and its summary figures."""
 
     output_path: Path
     rows_written: int
     sent: int
     failed: int
     interrupted: bool
-
-
-@dataclass(frozen=True)
-class ScheduledRequest:
-    """A trace row with its send time, in wall ms from run start."""
-
-    request: emulator_pb2.GenerateRequest
-    arrival_ms: float
-    scheduled_send_ms: float
+    metrics: RunMetrics
+    late_sends: int = 0
 
 
 class Interrupt:
@@ -166,19 +230,20 @@ def parse_target(target: str) -> tuple[str, int]:
     return host, port
 
 
-def scheduled_send_ms(
-    arrival_ms: float, first_arrival_ms: float, speedup: float
-) -> float:
-    """Return when a request is due, in wall ms from run start."""
-    return (arrival_ms - first_arrival_ms) / speedup
-
-
 def build_row(
-    scheduled: ScheduledRequest, outcome: Outcome, run_start_at_s: float
+    scheduled: ScheduledRequest,
+    outcome: Outcome,
+    run_start_at_s: float,
+    *,
+    gaps: InterTokenStats = NO_GAPS,
+    concurrency_wait_ms: float | None = None,
+    slos: tuple[Slo, ...] = (),
 ) -> ResultRow:
     """Combine a request's schedule and outcome into its result row.
 
     `run_start_at_s` is the `time.perf_counter()` instant the run started.
+    `gaps` are the stream's inter-token statistics, `concurrency_wait_ms` its
+    wait for a slot (None without a cap); `slos` decide `slo_met`.
     """
     actual_send_ms = (outcome.sent_at_s - run_start_at_s) * 1000.0
     wall_ttft_ms = None
@@ -187,7 +252,7 @@ def build_row(
     summary = outcome.summary
     request = scheduled.request
 
-    return ResultRow(
+    row = ResultRow(
         request_id=request.request_id,
         arrival_ms=scheduled.arrival_ms,
         scheduled_send_ms=scheduled.scheduled_send_ms,
@@ -209,7 +274,36 @@ def build_row(
         cached_tokens=summary.cached_tokens if summary else None,
         prefill_instance=summary.prefill_instance if summary else None,
         decode_instance=summary.decode_instance if summary else None,
+        itl_ms_p50=gaps.itl_ms_p50,
+        itl_ms_p99=gaps.itl_ms_p99,
+        itl_ms_max=gaps.itl_ms_max,
+        normalized_latency_ms=normalized_latency_ms(
+            outcome.latencies.e2e_ms, outcome.tokens_received
+        ),
+        concurrency_wait_ms=concurrency_wait_ms,
+        measured=scheduled.measured,
     )
+    if not slos:
+        return row
+    values = {slo.metric.value: getattr(row, slo.metric.value) for slo in slos}
+    values["output_tokens_received"] = row.output_tokens_received
+    slo_met = meets_slos(values, slos, status_ok=row.status == STATUS_OK)
+    return dataclasses.replace(row, slo_met=slo_met)
+
+
+def software_versions() -> dict[str, str]:
+    """Return the versions of cmx, Python and the packages a run depends on."""
+    versions = {
+        "cmx": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
 
 
 async def replay(
@@ -225,44 +319,58 @@ async def replay(
     cancelled after the grace period; their rows and all earlier ones are
     still written. The progress bar goes to stderr, by default only when it
     is a terminal. Raises TraceFormatError for an unreadable or unsorted
-    trace, and ReplayError when the target cannot be reached in time or the
-    output path cannot be written (see `ResultsWriter`).
+    trace, and ReplayError when the target cannot be reached in time, the
+    window measures nothing or the output path cannot be written (see
+    `ResultsWriter`).
     """
     interrupt = interrupt or Interrupt()
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    planned = _count_planned_requests(config)
+    plan = await asyncio.to_thread(
+        plan_schedule, config.trace_path, config.window, config.speedup
+    )
     logger.info("replaying %s against %s: %s", config.trace_path, config.target, config)
 
     channel = open_channel(config.target)
     try:
         await _wait_for_connection(channel, config)
         started_at = datetime.now(timezone.utc)
+        # NOTE: the emulator's hardware and model profiles are not stored,
+        # because the wire contract has no call that returns them yet.
+        metadata = {
+            "trace": json.dumps(plan.describe(), sort_keys=True),
+            "versions": json.dumps(software_versions(), sort_keys=True),
+        }
         with (
             ResultsWriter(
                 config.output_path,
                 config.to_metadata(started_at),
+                metadata=metadata,
                 flush_interval_s=config.flush_interval_s,
             ) as writer,
-            _progress_bar(show_progress, planned) as update_progress,
+            _progress_bar(show_progress, plan.planned_requests) as update_progress,
         ):
-            run = _Run(
-                config,
-                emulator_pb2_grpc.EmulatorStub(channel),
-                writer,
-                interrupt,
-                update_progress,
-            )
+            stub = emulator_pb2_grpc.EmulatorStub(channel)
+            run = _Run(config, plan, stub, writer, interrupt, update_progress)
             await run.execute()
     finally:
         await channel.close()
 
+    metrics = await asyncio.to_thread(
+        summarize_results,
+        config.output_path,
+        config.speedup,
+        config.slos,
+        config.lag_warning_ms,
+    )
     summary = ReplaySummary(
         output_path=config.output_path,
         rows_written=writer.rows_written,
         sent=run.sent,
         failed=run.failed,
         interrupted=interrupt.stop_sending.is_set(),
+        metrics=metrics,
+        late_sends=run.lag_monitor.late_sends,
     )
     logger.info("replay finished: %s", summary)
     return summary
@@ -276,9 +384,16 @@ def run_replay(
     The first Ctrl-C stops sending and the second cancels in-flight calls.
     Where the loop cannot take over SIGINT (outside the main thread, or on
     Windows), Ctrl-C raises KeyboardInterrupt as usual, after the rows
-    received so far have been written.
+    received so far have been written. Objects alive at the start are moved
+    out of the garbage collector's reach (`gc.freeze`), so that its full
+    collections during the run have less to scan and pause sends for less.
     """
-    return asyncio.run(_replay_with_interrupt_handler(config, show_progress))
+    gc.collect()
+    gc.freeze()
+    try:
+        return asyncio.run(_replay_with_interrupt_handler(config, show_progress))
+    finally:
+        gc.unfreeze()
 
 
 async def _replay_with_interrupt_handler(
@@ -304,12 +419,14 @@ class _Run:
     def __init__(
         self,
         config: ReplayConfig,
+        plan: TracePlan,
         stub: emulator_pb2_grpc.EmulatorStub,
         writer: ResultsWriter,
         interrupt: Interrupt,
         update_progress: _ProgressUpdate,
     ) -> None:
         self._config = config
+        self._plan = plan
         self._stub = stub
         self._writer = writer
         self._interrupt = interrupt
@@ -320,57 +437,119 @@ class _Run:
         self._task_error: BaseException | None = None
         self._done = asyncio.Event()
         self._start_at_s = 0.0
+        self._slots: asyncio.Semaphore | None = None
+        if config.max_concurrency is not None:
+            self._slots = asyncio.Semaphore(config.max_concurrency)
+        # When the sender last stopped waiting for a slot; see the module notes.
+        self._slot_wait_ended_at_s = -math.inf
+        self.lag_monitor = LagMonitor(
+            config.lag_warning_ms, f"the schedule at speed-up {config.speedup:g}"
+        )
         self.sent = 0
         self.finished = 0
         self.failed = 0
 
     async def execute(self) -> None:
         """Send every request on schedule, then wait for all of them to end."""
-        self._start_at_s = time.perf_counter()
+        pacer = Pacer(self._interrupt.stop_sending, self._config.timer_handoff_s)
         flusher = asyncio.create_task(self._flush_periodically())
         try:
-            await self._send_all()
+            await self._send_all(pacer)
         except BaseException:
             self._interrupt.stop_sending.set()
             raise
         finally:
             # Also after an error or cancellation, so that rows still get written.
+            pacer.close()
             await self._drain()
             self._done.set()
             await flusher
         if self._task_error is not None:
             raise self._task_error
 
-    async def _send_all(self) -> None:
-        requests = _schedule_requests(self._config)
+    async def _send_all(self, pacer: Pacer) -> None:
+        requests = iter_scheduled(self._plan)
         async with contextlib.aclosing(requests):
-            async for scheduled in requests:
-                due_at_s = self._start_at_s + scheduled.scheduled_send_ms / 1000.0
-                if await self._stopped_before(due_at_s):
+            # The clock starts once the first request is read, so that
+            # opening the trace does not make the first sends late.
+            scheduled = await anext(requests, None)
+            self._start_at_s = time.perf_counter()
+            while scheduled is not None:
+                if not await self._dispatch(scheduled, pacer):
                     return
-                task = asyncio.create_task(self._send_one(scheduled))
-                self._in_flight.add(task)
-                self._idle.clear()
-                task.add_done_callback(self._on_task_done)
+                scheduled = await anext(requests, None)
 
-    async def _stopped_before(self, due_at_s: float) -> bool:
-        """Wait until `due_at_s`; return True if a stop was requested first."""
-        stop_sending = self._interrupt.stop_sending
-        delay_s = due_at_s - time.perf_counter()
-        if delay_s > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop_sending.wait(), delay_s)
-        else:
-            # Lets the tasks spawned for equal arrival times start their calls.
-            await asyncio.sleep(0)
-        return stop_sending.is_set()
+    async def _dispatch(self, scheduled: ScheduledRequest, pacer: Pacer) -> bool:
+        """Wait until `scheduled` is due and, under a cap, for a slot; start it.
 
-    async def _send_one(self, scheduled: ScheduledRequest) -> None:
+        Returns False, without starting it, when a stop came first.
+        """
+        due_at_s = self._start_at_s + scheduled.scheduled_send_ms / 1000.0
+        if not await pacer.wait_until(due_at_s):
+            return False
+
+        ready_at_s = time.perf_counter()
+        if self._slot_wait_ended_at_s >= due_at_s:
+            ready_at_s = due_at_s
+        wait_ms = None
+        if self._slots is not None:
+            if not await self._take_slot(pacer):
+                return False
+            wait_ms = (time.perf_counter() - ready_at_s) * 1000.0
+
+        self._start_send(scheduled, due_at_s, wait_ms)
+        return True
+
+    async def _take_slot(self, pacer: Pacer) -> bool:
+        """Wait for a free concurrency slot; False if a stop came first."""
+        assert self._slots is not None
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return True
+
+        acquiring = asyncio.ensure_future(self._slots.acquire())
+        if await pacer.wait_or_stop(acquiring):
+            self._slot_wait_ended_at_s = time.perf_counter()
+            return True
+        acquiring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquiring
+        if not acquiring.cancelled():
+            self._slots.release()
+        return False
+
+    def _start_send(
+        self, scheduled: ScheduledRequest, due_at_s: float, wait_ms: float | None
+    ) -> None:
+        lateness_ms = (time.perf_counter() - due_at_s) * 1000.0 - (wait_ms or 0.0)
+        self.lag_monitor.record(lateness_ms)
+        task = asyncio.create_task(self._send_one(scheduled, wait_ms))
+        self._in_flight.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._on_task_done)
+
+    async def _send_one(
+        self, scheduled: ScheduledRequest, concurrency_wait_ms: float | None
+    ) -> None:
         self.sent += 1
         self._report_progress()
-        outcome = await generate(self._stub, scheduled.request, self._config.timeout_s)
+        gaps = TokenGaps()
+        stub = cast(emulator_pb2_grpc.EmulatorStub, ObservedStub(self._stub, gaps))
+        try:
+            outcome = await generate(stub, scheduled.request, self._config.timeout_s)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
 
-        self._writer.append(build_row(scheduled, outcome, self._start_at_s))
+        row = build_row(
+            scheduled,
+            outcome,
+            self._start_at_s,
+            gaps=gaps.stats(),
+            concurrency_wait_ms=concurrency_wait_ms,
+            slos=self._config.slos,
+        )
+        self._writer.append(row, flush=False)
         self.finished += 1
         if outcome.status != STATUS_OK:
             self.failed += 1
@@ -410,89 +589,17 @@ class _Run:
         await asyncio.gather(*remaining, return_exceptions=True)
 
     async def _flush_periodically(self) -> None:
-        # Rows of calls that end during a quiet spell are flushed on time too,
-        # not only with the next append.
+        # Rows of calls that end during a quiet spell are flushed on time too.
+        # Parts are written in a worker thread, so the sender keeps its
+        # schedule while pyarrow compresses and writes.
         interval_s = self._config.flush_interval_s / 2
         while not self._done.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._done.wait(), interval_s)
-            self._writer.flush_if_due()
+            await asyncio.to_thread(self._writer.flush_if_due)
 
     def _report_progress(self) -> None:
         self._update_progress(self.sent, self.finished, self.failed)
-
-
-async def _schedule_requests(
-    config: ReplayConfig,
-) -> AsyncGenerator[ScheduledRequest, None]:
-    """Yield the trace rows to send, in order, with their send times.
-
-    Batches are read in a worker thread so that reading does not hold up
-    sends that are due.
-    """
-    path = str(config.trace_path)
-    batches = iter_trace_batches(config.trace_path)
-    first_arrival_ms: float | None = None
-    previous_arrival_ms = -math.inf
-    row_number = 0
-
-    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-        for row in batch.to_pylist():
-            row_number += 1
-            if config.limit is not None and row_number > config.limit:
-                return
-            arrival_ms = float(row["arrival_ms"])
-            if arrival_ms < previous_arrival_ms:
-                raise TraceFormatError(
-                    path,
-                    f"arrival_ms {arrival_ms} is earlier than the previous row's "
-                    f"{previous_arrival_ms}; replay needs rows sorted by arrival_ms",
-                    row=row_number,
-                    field="arrival_ms",
-                )
-            previous_arrival_ms = arrival_ms
-            if first_arrival_ms is None:
-                first_arrival_ms = arrival_ms
-            if _beyond_duration(config, arrival_ms - first_arrival_ms):
-                return
-            yield ScheduledRequest(
-                request=_request_from_row(row),
-                arrival_ms=arrival_ms,
-                scheduled_send_ms=scheduled_send_ms(
-                    arrival_ms, first_arrival_ms, config.speedup
-                ),
-            )
-
-
-def _beyond_duration(config: ReplayConfig, trace_offset_ms: float) -> bool:
-    if config.duration_s is None:
-        return False
-    return trace_offset_ms >= config.duration_s * 1000.0
-
-
-def _request_from_row(row: dict[str, Any]) -> emulator_pb2.GenerateRequest:
-    return emulator_pb2.GenerateRequest(
-        request_id=row["request_id"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        prefix_block_hashes=row["prefix_block_hashes"],
-        block_tokens=row["block_tokens"],
-        session_id=row["session_id"] or "",
-    )
-
-
-def _count_planned_requests(config: ReplayConfig) -> int | None:
-    """Return how many rows will be sent, or None when `duration_s` decides it.
-
-    Raises TraceFormatError when the trace is missing or not canonical.
-    """
-    read_trace_metadata(config.trace_path)
-    if config.duration_s is not None:
-        return None
-    trace_rows: int = pq.ParquetFile(str(config.trace_path)).metadata.num_rows
-    if config.limit is None:
-        return trace_rows
-    return min(trace_rows, config.limit)
 
 
 async def _wait_for_connection(channel: grpc.aio.Channel, config: ReplayConfig) -> None:

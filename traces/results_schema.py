@@ -27,6 +27,17 @@ timestamps, which count from the request's arrival at the emulator.
 | cached_tokens          | int64, null    | as queue_ms                                |
 | prefill_instance       | int64, null    | as queue_ms                                |
 | decode_instance        | int64, null    | as queue_ms                                |
+| itl_ms_p50             | float64, null  | emulated inter-token gaps; null for < 2    |
+| itl_ms_p99             | float64, null  | tokens (see replay.metrics)                |
+| itl_ms_max             | float64, null  | as itl_ms_p50                              |
+| normalized_latency_ms  | float64, null  | e2e_ms / output_tokens_received            |
+| concurrency_wait_ms    | float64, null  | wait for a slot under --max-concurrency    |
+| measured               | bool, null     | false in the warm-up or cool-down          |
+| slo_met                | bool, null     | meets every SLO given; null without SLOs   |
+
+The columns from itl_ms_p50 on were added after schema version 1 first
+shipped. They are nullable, and readers select columns by name, so files with
+and without them share version "1". docs/metrics.md defines every metric.
 
 The emulated latencies of a stream whose n tokens carry the timestamps
 t_1 <= ... <= t_n are defined once, in `emulated_latencies`:
@@ -84,6 +95,13 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("cached_tokens", pa.int64(), nullable=True),
         pa.field("prefill_instance", pa.int64(), nullable=True),
         pa.field("decode_instance", pa.int64(), nullable=True),
+        pa.field("itl_ms_p50", pa.float64(), nullable=True),
+        pa.field("itl_ms_p99", pa.float64(), nullable=True),
+        pa.field("itl_ms_max", pa.float64(), nullable=True),
+        pa.field("normalized_latency_ms", pa.float64(), nullable=True),
+        pa.field("concurrency_wait_ms", pa.float64(), nullable=True),
+        pa.field("measured", pa.bool_(), nullable=True),
+        pa.field("slo_met", pa.bool_(), nullable=True),
     ]
 )
 

@@ -31,7 +31,7 @@ from replay.locust_plan import (
     request_kind,
     worker_results_path,
 )
-from replay.runner import ScheduledRequest
+from replay.schedule import ScheduledRequest
 from traces.errors import TraceFormatError
 from traces.schema import write_trace
 
@@ -177,7 +177,9 @@ def scheduled_request(name: str, send_ms: float) -> ScheduledRequest:
     from cmx.v1 import emulator_pb2
 
     request = emulator_pb2.GenerateRequest(request_id=name)
-    return ScheduledRequest(request, arrival_ms=send_ms, scheduled_send_ms=send_ms)
+    return ScheduledRequest(
+        request, arrival_ms=send_ms, scheduled_send_ms=send_ms, measured=True
+    )
 
 
 def test_queue_gives_back_in_send_order() -> None:

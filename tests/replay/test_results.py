@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import duckdb
@@ -230,3 +231,49 @@ def test_sigkill_keeps_flushed_rows(tmp_path: Path) -> None:
     # Three rows were flushed; the fourth was pending when the process died.
     assert count_rows(str(parts_dir_for(output_path) / "*.parquet")) == 3
     assert not output_path.exists()
+
+
+def test_extra_metadata_is_stored_with_prefix(tmp_path: Path) -> None:
+    output_path = tmp_path / "results.parquet"
+    extra = {"trace": '{"sha256": "ab"}', "versions": '{"cmx": "1"}'}
+    with ResultsWriter(output_path, {}, metadata=extra) as writer:
+        writer.append(make_row("a"))
+
+    metadata = pq.read_schema(output_path).metadata
+    assert metadata[b"cmx.results.trace"] == b'{"sha256": "ab"}'
+    assert metadata[b"cmx.results.versions"] == b'{"cmx": "1"}'
+    assert metadata[b"cmx.results.schema_version"] == b"1"
+
+
+def test_new_columns_default_to_null(tmp_path: Path) -> None:
+    output_path = tmp_path / "results.parquet"
+    with ResultsWriter(output_path, {}) as writer:
+        writer.append(make_row("a"))
+
+    row = pq.read_table(output_path).to_pylist()[0]
+    for column in ("itl_ms_p50", "normalized_latency_ms", "measured", "slo_met"):
+        assert row[column] is None
+
+
+def test_flush_from_other_thread_keeps_every_row(tmp_path: Path) -> None:
+    output_path = tmp_path / "results.parquet"
+    writer = ResultsWriter(output_path, {})
+    stop = threading.Event()
+
+    def flush_repeatedly() -> None:
+        while not stop.is_set():
+            writer.flush()
+
+    flusher = threading.Thread(target=flush_repeatedly)
+    flusher.start()
+    try:
+        for index in range(3000):
+            writer.append(make_row(f"r{index}"), flush=False)
+    finally:
+        stop.set()
+        flusher.join()
+    writer.close()
+
+    ids = pq.read_table(output_path).column("request_id").to_pylist()
+    assert ids == [f"r{index}" for index in range(3000)]
+    assert writer.rows_written == 3000

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
+import logging
+import os
+import platform
 import signal
 import socket
 import subprocess
@@ -12,20 +17,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import duckdb
 import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cmx import __version__
 from replay import cli as replay_cli
 from replay.errors import ReplayError
+from replay.metrics import parse_slo
+from replay.results import parts_dir_for
 from replay.runner import (
     Interrupt,
     ReplayConfig,
     ReplaySummary,
     parse_target,
     replay,
-    scheduled_send_ms,
 )
 from tests.replay.fake_emulator import (
     ScriptedEmulator,
@@ -92,12 +100,6 @@ def run_against_fake(
 
     summary = asyncio.run(scenario())
     return summary, pq.read_table(output_path).sort_by("request_id")
-
-
-def test_scheduled_send_subtracts_first_arrival() -> None:
-    sends_ms = [scheduled_send_ms(a, 1000.0, SPEEDUP) for a in ARRIVALS_MS]
-
-    assert sends_ms == EXPECTED_SCHEDULE_MS
 
 
 def test_replay_writes_row_per_request(tmp_path: Path) -> None:
@@ -189,15 +191,13 @@ def test_failed_requests_are_rows(tmp_path: Path) -> None:
     assert table.column("decode_instance").to_pylist() == [3, None, 3, None, 3]
 
 
-def test_unsorted_trace_is_rejected(tmp_path: Path) -> None:
+def test_unsorted_trace_is_rejected_before_sending(tmp_path: Path) -> None:
+    servicer = ScriptedEmulator()
     with pytest.raises(TraceFormatError, match="row 3, field 'arrival_ms'"):
-        run_against_fake(
-            {"speedup": SPEEDUP}, ScriptedEmulator(), tmp_path, [0.0, 50.0, 20.0]
-        )
+        run_against_fake({"speedup": SPEEDUP}, servicer, tmp_path, [0.0, 50.0, 20.0])
 
-    # The rows sent before the bad one are still written.
-    table = pq.read_table(tmp_path / "results.parquet")
-    assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1"]
+    assert servicer.requests == []
+    assert not (tmp_path / "results.parquet").exists()
 
 
 def test_interrupt_cancels_in_flight_and_keeps_rows(tmp_path: Path) -> None:
@@ -336,9 +336,12 @@ def test_cli_replays_and_reports(
 
     assert status == 0
     assert pq.read_table(output_path).num_rows == 5
-    assert capsys.readouterr().err == (
-        f"replay done: sent 5 requests, 0 failed; wrote 5 rows to {output_path}\n"
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        f"replay done: sent 5 requests, 0 failed; wrote 5 rows to {output_path}"
     )
+    assert lines[1].startswith("  send lag (ms): p50 ")
+    assert lines[2].startswith("  measured: 5 requests (5 ok) over ")
 
 
 CLI_SCRIPT = """
@@ -373,10 +376,10 @@ def test_ctrl_c_twice_cancels_and_writes(tmp_path: Path) -> None:
             replay_process.kill()
 
     assert replay_process.returncode == replay_cli.EXIT_INTERRUPTED
-    assert stderr.endswith(
+    assert (
         "replay interrupted: sent 2 requests, 2 failed; "
         f"wrote 2 rows to {output_path}\n"
-    )
+    ) in stderr
     statuses = pq.read_table(output_path).column("status").to_pylist()
     assert statuses == ["CANCELLED", "CANCELLED"]
 
@@ -386,3 +389,347 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
     while not condition():
         assert time.monotonic() < deadline_s, "condition not met in time"
         time.sleep(0.02)
+
+
+def rows_by_id(table: pa.Table) -> dict[str, dict[str, object]]:
+    return {str(row["request_id"]): row for row in table.to_pylist()}
+
+
+def test_rows_carry_inter_token_stats(tmp_path: Path) -> None:
+    # Tokens at 100, 120 | empty chunk | 140, 175: gaps 20, 20 and 35.
+    script = StreamScript(chunks=((100.0, 120.0), (), (140.0, 175.0)))
+    servicer = ScriptedEmulator(default=script)
+    _, table = run_against_fake({"speedup": SPEEDUP}, servicer, tmp_path)
+    row = rows_by_id(table)["r0"]
+
+    assert row["output_tokens_received"] == 4
+    assert row["ttft_ms"] == 100.0
+    assert row["tpot_ms"] == 25.0
+    assert row["e2e_ms"] == 175.0
+    assert row["itl_ms_p50"] == 20.0
+    assert row["itl_ms_p99"] == pytest.approx(34.7)
+    assert row["itl_ms_max"] == 35.0
+    assert row["normalized_latency_ms"] == 43.75
+    assert row["concurrency_wait_ms"] is None
+    assert row["slo_met"] is None
+    assert row["measured"] is True
+
+
+def test_error_mid_stream_keeps_tokens(tmp_path: Path) -> None:
+    broken = StreamScript(
+        chunks=((100.0, 110.0), (125.0,)),
+        abort_code=grpc.StatusCode.UNAVAILABLE,
+        abort_details="decode instance failed",
+    )
+    servicer = ScriptedEmulator(scripts={"r2": broken})
+    summary, table = run_against_fake({"speedup": SPEEDUP}, servicer, tmp_path)
+    row = rows_by_id(table)["r2"]
+
+    assert summary.failed == 1
+    assert row["status"] == "UNAVAILABLE"
+    assert row["error"] == "decode instance failed"
+    assert row["output_tokens_received"] == 3
+    assert row["ttft_ms"] == 100.0
+    assert row["tpot_ms"] is None
+    assert row["e2e_ms"] is None
+    assert row["normalized_latency_ms"] is None
+    # The gaps that did arrive are still facts about the stream.
+    assert row["itl_ms_max"] == 15.0
+
+
+def test_short_stream_is_ok_with_tokens_received(tmp_path: Path) -> None:
+    # Four tokens were requested; the stream ends normally after two.
+    short = StreamScript(chunks=((100.0, 110.0),))
+    servicer = ScriptedEmulator(scripts={"r1": short})
+    _, table = run_against_fake({"speedup": SPEEDUP}, servicer, tmp_path)
+    row = rows_by_id(table)["r1"]
+
+    assert row["status"] == "ok"
+    assert row["output_tokens"] == 4
+    assert row["output_tokens_received"] == 2
+    assert row["tpot_ms"] == 10.0
+    assert row["e2e_ms"] == 110.0
+    assert row["normalized_latency_ms"] == 55.0
+
+
+def test_stream_without_summary_is_data_loss(tmp_path: Path) -> None:
+    cut = StreamScript(chunks=((100.0, 110.0),), send_summary=False)
+    servicer = ScriptedEmulator(scripts={"r1": cut})
+    _, table = run_against_fake({"speedup": SPEEDUP}, servicer, tmp_path)
+    row = rows_by_id(table)["r1"]
+
+    assert row["status"] == "DATA_LOSS"
+    assert row["output_tokens_received"] == 2
+    assert row["ttft_ms"] == 100.0
+    assert row["e2e_ms"] is None
+
+
+def test_one_token_output_has_null_tpot(tmp_path: Path) -> None:
+    one_token = StreamScript(chunks=((42.0,),))
+    config = {"speedup": SPEEDUP, "slos": (parse_slo("tpot_ms=1"),)}
+    _, table = run_against_fake(config, ScriptedEmulator(default=one_token), tmp_path)
+    row = rows_by_id(table)["r0"]
+
+    assert row["tpot_ms"] is None
+    assert row["itl_ms_p50"] is None
+    assert row["normalized_latency_ms"] == 42.0
+    assert row["slo_met"] is True
+
+
+def test_slo_verdicts_in_rows(tmp_path: Path) -> None:
+    # Default streams have TTFT 100 and TPOT 20; r3's TTFT is 150.
+    late = StreamScript(chunks=((150.0, 170.0),))
+    failed = StreamScript(chunks=(), abort_code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+    servicer = ScriptedEmulator(scripts={"r3": late, "r4": failed})
+    slos = (parse_slo("ttft_ms=120"), parse_slo("tpot_ms=20"))
+    summary, table = run_against_fake(
+        {"speedup": SPEEDUP, "slos": slos}, servicer, tmp_path
+    )
+
+    assert table.column("slo_met").to_pylist() == [True, True, True, False, False]
+    assert summary.metrics.measured_good == 3
+    assert summary.metrics.slo_attainment == 0.6
+    assert summary.metrics.slos == ("ttft_ms<=120", "tpot_ms<=20")
+
+
+def test_measured_flags_follow_warmup_cooldown(tmp_path: Path) -> None:
+    # Arrivals 0, 0, 100, 300, 600 ms after the first: measured 100 to 300.
+    config = {"speedup": SPEEDUP, "warmup_s": 0.05, "cooldown_s": 0.3}
+    summary, table = run_against_fake(config, ScriptedEmulator(), tmp_path)
+
+    assert table.column("measured").to_pylist() == [False, False, True, True, False]
+    assert summary.metrics.measured == 2
+    assert summary.rows_written == 5
+
+
+def test_window_start_and_duration_in_run(tmp_path: Path) -> None:
+    # Window [1050, 1350) contains 1100 and 1300, due at 50 / 10 and 250 / 10.
+    config = {"speedup": SPEEDUP, "start_s": 0.05, "duration_s": 0.3}
+    summary, table = run_against_fake(config, ScriptedEmulator(), tmp_path)
+
+    assert table.column("request_id").to_pylist() == ["r2", "r3"]
+    assert table.column("scheduled_send_ms").to_pylist() == [5.0, 25.0]
+    assert summary.sent == 2
+
+
+def test_concurrency_cap_records_wait(tmp_path: Path) -> None:
+    # One slot and three requests due at once, each holding it for 0.2 s.
+    slow = StreamScript(chunks=((10.0,),), pause_s=0.2)
+    servicer = ScriptedEmulator(default=slow)
+    config = {"speedup": 1.0, "max_concurrency": 1}
+    summary, table = run_against_fake(
+        config, servicer, tmp_path, arrivals_ms=[0.0, 0.0, 0.0]
+    )
+    rows = rows_by_id(table)
+    waits = [rows[name]["concurrency_wait_ms"] for name in ("r0", "r1", "r2")]
+
+    assert isinstance(waits[0], float) and waits[0] < 50.0
+    assert isinstance(waits[1], float) and 190.0 <= waits[1] < 400.0
+    assert isinstance(waits[2], float) and 390.0 <= waits[2] < 800.0
+    arrived = servicer.arrived_at_s
+    assert arrived["r1"] - arrived["r0"] >= 0.19
+    assert arrived["r2"] - arrived["r1"] >= 0.19
+    for name in ("r0", "r1", "r2"):
+        lag = rows[name]["send_lag_ms"]
+        assert isinstance(lag, float)
+        assert lag - rows[name]["concurrency_wait_ms"] < 50.0  # type: ignore[operator]
+    assert summary.metrics.concurrency_wait_ms_max == max(waits)  # type: ignore[type-var]
+
+
+def test_stop_while_waiting_for_slot(tmp_path: Path) -> None:
+    hanging = StreamScript(chunks=((10.0,),), pause_s=30.0)
+    config = {"speedup": 1.0, "max_concurrency": 1, "cancel_grace_s": 0.1}
+    summary, table = run_against_fake(
+        config,
+        ScriptedEmulator(default=hanging),
+        tmp_path,
+        arrivals_ms=[0.0, 0.0],
+        stop_after_s=0.3,
+    )
+
+    assert summary.sent == 1
+    assert summary.interrupted is True
+    assert table.column("request_id").to_pylist() == ["r0"]
+    assert table.column("status").to_pylist() == ["CANCELLED"]
+
+
+def test_metadata_has_trace_checksum_and_versions(tmp_path: Path) -> None:
+    config = {
+        "speedup": SPEEDUP,
+        "max_concurrency": 8,
+        "slos": (parse_slo("ttft_ms=500"),),
+    }
+    run_against_fake(config, ScriptedEmulator(), tmp_path)
+    metadata = pq.read_schema(tmp_path / "results.parquet").metadata
+    trace = json.loads(metadata[b"cmx.results.trace"])
+    versions = json.loads(metadata[b"cmx.results.versions"])
+    run_config = json.loads(metadata[b"cmx.results.run_config"])
+
+    trace_bytes = (tmp_path / "trace.parquet").read_bytes()
+    assert trace["sha256"] == hashlib.sha256(trace_bytes).hexdigest()
+    assert trace["planned_requests"] == 5
+    assert trace["first_arrival_ms"] == 1000.0
+    assert trace["metadata"] == {"schema_version": "1"}
+    assert versions["cmx"] == __version__
+    assert versions["python"] == platform.python_version()
+    assert versions["grpcio"] == grpc.__version__
+    assert run_config["speedup"] == SPEEDUP
+    assert run_config["max_concurrency"] == 8
+    assert run_config["slos"] == {"ttft_ms": 500.0}
+
+
+def test_lag_beyond_threshold_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No send starts within a microsecond of its due time.
+    config = {"speedup": SPEEDUP, "lag_warning_ms": 0.001}
+    with caplog.at_level(logging.WARNING, logger="replay.pacing"):
+        summary, _ = run_against_fake(config, ScriptedEmulator(), tmp_path)
+
+    assert summary.metrics.kept_up is False
+    assert summary.late_sends == 5
+    assert "replay is behind schedule: 1 of the last 1 sends" in caplog.text
+
+
+def test_summary_counts_rows(tmp_path: Path) -> None:
+    summary, _ = run_against_fake({"speedup": SPEEDUP}, ScriptedEmulator(), tmp_path)
+    metrics = summary.metrics
+
+    assert metrics.requests == 5
+    assert metrics.measured == 5
+    assert metrics.measured_ok == 5
+    assert metrics.ttft_ms_p50 == 100.0
+    assert metrics.tpot_ms_p99 == 20.0
+    assert metrics.send_lag_ms_max is not None and metrics.send_lag_ms_max >= 0.0
+    assert metrics.kept_up is True
+
+
+def test_kill_9_leaves_flushed_rows(tmp_path: Path) -> None:
+    # Three requests finish at once; the fourth is due a minute later.
+    trace_path = write_test_trace(tmp_path / "trace.parquet", [0.0, 0.0, 0.0, 6e4])
+    output_path = tmp_path / "out.parquet"
+    parts = parts_dir_for(output_path) / "*.parquet"
+
+    with serve_fake_emulator_in_thread(ScriptedEmulator()) as target:
+        replay_process = subprocess.Popen(
+            [sys.executable, "-c", CLI_SCRIPT, "replay", str(trace_path),
+             "--target", target, "-o", str(output_path)],
+            cwd=REPO_ROOT, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_until(lambda: count_flushed(parts) == 3, timeout_s=30.0)
+        finally:
+            os.kill(replay_process.pid, signal.SIGKILL)
+            replay_process.wait(timeout=10)
+
+    assert replay_process.returncode == -signal.SIGKILL
+    assert not output_path.exists()
+    connection = duckdb.connect()
+    rows = connection.execute(
+        "SELECT request_id, status, ttft_ms FROM read_parquet($path) ORDER BY 1",
+        {"path": str(parts)},
+    ).fetchall()
+    connection.close()
+    assert rows == [("r0", "ok", 100.0), ("r1", "ok", 100.0), ("r2", "ok", 100.0)]
+
+
+def count_flushed(pattern: Path) -> int:
+    if not any(pattern.parent.glob(pattern.name)):
+        return 0
+    connection = duckdb.connect()
+    try:
+        row = connection.execute(
+            "SELECT count(*) FROM read_parquet($path)", {"path": str(pattern)}
+        ).fetchone()
+    finally:
+        connection.close()
+    return 0 if row is None else int(row[0])
+
+
+def test_ctrl_c_once_lets_in_flight_finish(tmp_path: Path) -> None:
+    trace_path = write_test_trace(tmp_path / "trace.parquet", [0.0, 0.0, 60_000.0])
+    output_path = tmp_path / "out.parquet"
+    slow = StreamScript(chunks=((10.0,),), pause_s=1.0)
+    servicer = ScriptedEmulator(default=slow)
+
+    with serve_fake_emulator_in_thread(servicer) as target:
+        replay_process = subprocess.Popen(
+            [sys.executable, "-c", CLI_SCRIPT, "replay", str(trace_path),
+             "--target", target, "-o", str(output_path)],
+            cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            _wait_until(lambda: len(servicer.requests) == 2, timeout_s=20.0)
+            replay_process.send_signal(signal.SIGINT)
+            _, stderr = replay_process.communicate(timeout=20)
+        finally:
+            replay_process.kill()
+
+    assert replay_process.returncode == replay_cli.EXIT_INTERRUPTED
+    assert "replay interrupted: sent 2 requests, 0 failed" in stderr
+    table = pq.read_table(output_path)
+    assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1"]
+    assert table.column("status").to_pylist() == ["ok", "ok"]
+
+
+def test_cli_parses_window_and_slo_options() -> None:
+    args = parse_replay_args(
+        ["replay", "t.parquet", "--target", "127.0.0.1:9", "-o", "out.parquet",
+         "--start-s", "30", "--warmup-s", "5", "--cooldown-s", "6",
+         "--max-concurrency", "64", "--slo", "ttft_ms=2000", "--slo", "tpot_ms=50",
+         "--lag-warning-ms", "2.5", "--cancel-grace-s", "1", "--timer-handoff-ms",
+         "0", "--json"]
+    )  # fmt: skip
+
+    assert args.start_s == 30.0
+    assert args.warmup_s == 5.0
+    assert args.cooldown_s == 6.0
+    assert args.max_concurrency == 64
+    assert args.slo == ["ttft_ms=2000", "tpot_ms=50"]
+    assert args.lag_warning_ms == 2.5
+    assert args.cancel_grace_s == 1.0
+    assert args.timer_handoff_ms == 0.0
+    assert args.json is True
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--slo", "ttft=5"], "SLO metric 'ttft' in 'ttft=5' is unknown"),
+        (["--slo", "ttft_ms=5", "--slo", "ttft_ms=6"], "ttft_ms is given twice"),
+        (["--max-concurrency", "0"], "max_concurrency must be at least 1"),
+        (["--start-s", "-1"], "start_s must be a number >= 0"),
+        (["--timer-handoff-ms", "5000"], "timer_handoff_s must be between 0 and 1"),
+    ],
+)
+def test_cli_rejects_bad_replay_option(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    trace_path = write_test_trace(tmp_path / "trace.parquet", [0.0])
+    args = parse_replay_args(
+        ["replay", str(trace_path), "--target", "127.0.0.1:9",
+         "-o", str(tmp_path / "out.parquet"), *options]
+    )  # fmt: skip
+
+    with pytest.raises(ReplayError, match=message):
+        args.run(args)
+
+
+def test_cli_json_prints_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace_path = write_test_trace(tmp_path / "trace.parquet", ARRIVALS_MS)
+    output_path = tmp_path / "out.parquet"
+    with serve_fake_emulator_in_thread(ScriptedEmulator()) as target:
+        args = parse_replay_args(
+            ["replay", str(trace_path), "--target", target, "-o", str(output_path),
+             "--speedup", "10", "--slo", "ttft_ms=100", "--json"]
+        )  # fmt: skip
+        status = args.run(args)
+
+    printed = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert printed["requests"] == 5
+    assert printed["measured_good"] == 5
+    assert printed["slo_attainment"] == 1.0
+    assert printed["slos"] == ["ttft_ms<=100"]
