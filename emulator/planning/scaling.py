@@ -140,7 +140,9 @@ def _mixed_hashes(hashes: pa.ChunkedArray, copy: int) -> pa.Array:
     """Mix `copy` into every hash with one splitmix64 finalisation step."""
     lists = hashes.combine_chunks()
     values = lists.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
-    mixed = _splitmix64(values ^ (np.uint64(copy) * _GOLDEN_GAMMA))
+    with np.errstate(over="ignore"):
+        salt = np.uint64(copy) * _GOLDEN_GAMMA
+    mixed = _splitmix64(values ^ salt)
     # A sliced list array's offsets need not start at 0; flatten() does.
     offsets = pc.subtract(lists.offsets, lists.offsets[0])
     return pa.ListArray.from_arrays(offsets, pa.array(mixed, type=pa.uint64()))
