@@ -363,7 +363,7 @@ def _space_from_document(document: object, where: str) -> SearchSpace:
     vary = document.get("vary", {})
     if not isinstance(fixed, dict) or not isinstance(vary, dict):
         raise ConfigError(f"search space {where}: 'fixed' and 'vary' must be objects")
-    deployment_from_mapping(fixed, f"search space {where}: fixed")
+    _check_fields(fixed, f"search space {where}: fixed")
     axes = []
     for name, axis in vary.items():
         if not isinstance(axis, list) or not axis:
@@ -371,7 +371,7 @@ def _space_from_document(document: object, where: str) -> SearchSpace:
                 f"search space {where}: vary.{name} must be a non-empty list"
             )
         for position, value in enumerate(axis):
-            deployment_from_mapping(
+            _check_fields(
                 {name: value}, f"search space {where}: vary.{name}[{position}]"
             )
         axes.append((name, tuple(axis)))
@@ -382,6 +382,17 @@ def _space_from_document(document: object, where: str) -> SearchSpace:
         min_npus=_optional_count(document, "min_npus", where),
         source=f"search space {where}",
     )
+
+
+def _check_fields(fields: Mapping[str, object], where: str) -> None:
+    """Raise ConfigError, naming `where`, if a deployment file rejects `fields`."""
+    try:
+        deployment_from_mapping(fields, where)
+    except ConfigError as error:
+        message = str(error)
+        if not message.startswith(where):
+            message = f"{where}: {message}"
+        raise ConfigError(message) from None
 
 
 def _optional_count(document: Mapping[str, Any], key: str, where: str) -> int | None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cmx.cli import main
-from emulator.planning.confirm import confirm_by_simulate
+from emulator.planning.confirm import confirm_by_replay, confirm_by_simulate
 from emulator.planning.metrics import SaturationTest, SloTargets
 from emulator.planning.points import PointRunner, TraceSource
 from emulator.planning.sweep import SweepConfig, run_sweep
@@ -248,3 +248,30 @@ def test_cli_rates_become_factors(
     points = pq.read_table(out / "points.parquet")
     # 11 requests over 10 s are 1.1 requests/s, so the factors are 1 and 2.
     assert points.column("rate_factor").to_pylist() == [1.0, 2.0]
+
+
+def test_confirm_by_replay_reports_differences(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    result = run_sweep(runner, SMALL_DEPLOYMENT, SweepConfig((2.0,), SLO))
+    point = result.points[0].result.point
+
+    confirmation = confirm_by_replay(
+        runner,
+        point,
+        SLO,
+        SaturationTest(),
+        tmp_path / "replay",
+        time_scale=20.0,
+        limit=15,
+    )
+
+    figures = {figure.name: figure for figure in confirmation.figures}
+    assert figures["requests"].planned == 15.0
+    assert figures["requests"].confirmed == 15.0
+    assert figures["ok"].confirmed == 15.0
+    # The server paces emulated time against the wall clock, so its TTFT
+    # differs from the simulated 727 ms by its pacing error only.
+    assert figures["ttft_ms_p50"].planned == pytest.approx(727.08, abs=0.01)
+    assert figures["ttft_ms_p50"].relative is not None
+    assert abs(figures["ttft_ms_p50"].relative) < 0.05
+    assert pq.read_table(confirmation.results_path).num_rows == 15
