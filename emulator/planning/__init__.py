@@ -1,7 +1,7 @@
 """Capacity planning: rate sweeps and deployment searches in virtual time.
 
-`run_sweep` simulates one deployment at several request rates and finds the
-largest rate that meets the SLOs and where the system saturates;
+`run_sweep` simulates one deployment at several request rates. It finds the
+largest rate that meets the SLOs and where the system saturates.
 `run_search` simulates a grid of deployments under an NPU budget, ranks
 them and flags the Pareto front of throughput per NPU against latency.
 Points run in parallel and are cached on disk (`PointRunner`). The

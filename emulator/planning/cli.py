@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,7 +148,8 @@ def _register_search(subparsers: _Subparsers) -> None:
         "--max-deployments",
         type=int,
         default=200,
-        help="refuse to run more deployments than this without --sample (default: 200)",
+        help="reject a space with more deployments than this, unless --sample "
+        "is given (default: 200)",
     )
     parser.add_argument(
         "--latency-metric",
@@ -171,6 +174,13 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="how to raise the rate: compress arrival times, or replicate the "
         "trace with new request ids and prefix hashes (default: compress)",
     )
+    _add_slo_options(parser)
+    _add_run_options(parser)
+    _add_confirm_options(parser)
+    _add_profile_options(parser)
+
+
+def _add_slo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-ttft-ms", type=float, help="TTFT limit per request")
     parser.add_argument("--slo-tpot-ms", type=float, help="TPOT limit per request")
     parser.add_argument("--slo-e2e-ms", type=float, help="end-to-end limit per request")
@@ -194,6 +204,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="saturation test: completions over arrivals in the second half "
         "(default: 0.95)",
     )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the model and of replication"
     )
@@ -219,6 +232,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="simulate every point again, replacing cached ones",
     )
+
+
+def _add_confirm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--confirm",
         choices=_CONFIRM_METHODS,
@@ -237,6 +253,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         default=500,
         help="requests replayed by --confirm replay (default: 500)",
     )
+
+
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hardware", metavar="JSON", help="hardware profile file")
     parser.add_argument("--model", metavar="JSON", help="model profile file")
     parser.add_argument(
@@ -259,7 +278,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
     result = run_sweep(runner, base, config)
     _write_sweep(result, runner, args.out, _run_config(args, "sweep"))
-    console = Console()
+    console = _console()
     _print_sweep(console, result)
     best = result.best
     if best is not None:
@@ -272,6 +291,7 @@ def _run_search(args: argparse.Namespace) -> int:
     started_at = time.perf_counter()
     runner, base = _prepare(args)
     space = load_search_space(args.space)
+
     if args.npu_budget is not None:
         if args.npu_budget < 1:
             raise ConfigError(f"--npu-budget must be at least 1, got {args.npu_budget}")
@@ -281,6 +301,7 @@ def _run_search(args: argparse.Namespace) -> int:
         if args.sample < 1:
             raise ConfigError(f"--sample must be at least 1, got {args.sample}")
         deployments = sample_deployments(deployments, args.sample, args.seed)
+
     if len(deployments) > args.max_deployments:
         raise ConfigError(
             f"{space.source} gives {len(deployments)} deployments, more than "
@@ -296,8 +317,9 @@ def _run_search(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = run_search(runner, deployments, config, skipped)
+
     _write_search(result, runner, args.out, _run_config(args, "search"))
-    console = Console()
+    console = _console()
     _print_search(console, result)
     best = result.best
     if best is not None and best.best_point is not None:
@@ -310,6 +332,15 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> tuple[PointRunner, DeploymentConfig]:
+    scale = args.confirm_time_scale
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(
+            f"--confirm-time-scale must be a positive finite number, got {scale}"
+        )
+    if args.confirm_limit < 1:
+        raise ConfigError(
+            f"--confirm-limit must be at least 1 request, got {args.confirm_limit}"
+        )
     base = load_deployment(args.deployment)
     hardware_model = Profiles(
         load_hardware(args.hardware), load_model(args.model), base
@@ -548,6 +579,12 @@ def _print_totals(
         f"cache, in {time.perf_counter() - started_at:.1f} s; wrote "
         f"{out / 'points.parquet'} and {out / 'report.html'}"
     )
+
+
+def _console() -> Console:
+    # Rich draws 80 columns when stdout is not a terminal, which squeezes the
+    # tables; 120 keeps them readable in logs and files.
+    return Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def _number(value: float | None, digits: int) -> str:

@@ -109,7 +109,7 @@ class FigureDifference:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """How a point's figures compare with a second run of it."""
+    """Comparison of a point's figures with a second run of the same point."""
 
     method: str
     results_path: Path

@@ -4,7 +4,7 @@ A load point is one deployment under one rate factor of one trace. Its
 inputs are the trace file's SHA-256, the window taken from it, the rate
 scaling and factor, the seed and the hardware, model and deployment, plus
 the cmx version and the cache format. Their hash names the cache file
-`<cache dir>/<key>.parquet`, which holds the point's per-request results
+`<cache dir>/<key>.parquet`, which contains the point's per-request results
 (the `RESULT_COLUMNS` of a results file) and the point's inputs as JSON in
 its metadata. A finished point is written to a temporary name and then
 renamed, so a killed run leaves only whole files, and running the same
@@ -140,8 +140,9 @@ class PointRunner:
     """Simulate load points on `jobs` processes, skipping cached ones.
 
     `hardware_model` gives the hardware and model profiles; each point
-    brings its deployment. `jobs` 1 runs in this process. Progress shows on
-    stderr when it is a terminal, unless `show_progress` says otherwise.
+    brings its deployment. `jobs` 1 runs in this process. A progress bar is
+    drawn on stderr when `show_progress` is True (default: when stderr is a
+    terminal).
     """
 
     def __init__(

@@ -24,8 +24,8 @@ from emulator.planning.sweep import SweepResult
 __all__ = ["write_search_page", "write_sweep_page"]
 
 _STYLE = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+body { font-family: sans-serif; margin: 2em auto; max-width: 90em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; }
 tr.saturated td { color: #b00; }
@@ -157,7 +157,12 @@ def _goodput_figure(result: SweepResult) -> Figure:
             colour = _OK_COLOUR if point.metrics.meets_slo else _FAIL_COLOUR
             axes.plot(x, y, "o", color=colour)
     if result.best is not None:
-        axes.axvline(result.best.metrics.offered_rps or 0.0, color=_OK_COLOUR, lw=0.8)
+        axes.axvline(
+            result.best.metrics.offered_rps or 0.0,
+            color=_OK_COLOUR,
+            lw=0.8,
+            label="largest SLO rate",
+        )
     axes.set_xlabel("offered rate (requests/s)")
     axes.set_ylabel("requests/s")
     axes.set_title("Throughput and goodput against offered rate")
@@ -207,8 +212,7 @@ def _pareto_figure(result: SearchResult) -> Figure:
         if x_best is not None:
             y_best = best.best_point.output_tokens_per_s_per_npu
             axes.plot(x_best, y_best, "*", color="#000", markersize=12, label="best")
-    axes.set_xscale("log")
-    axes.set_xlabel(f"{metric} (log scale)")
+    axes.set_xlabel(f"{metric} (ms)")
     axes.set_ylabel("output tokens/s per NPU")
     axes.set_title("Throughput per NPU against latency (green: meets the SLOs)")
     axes.legend()

@@ -38,7 +38,7 @@ _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
 class RateScaling(enum.Enum):
-    """How a sweep multiplies a trace's request rate."""
+    """Method that a sweep uses to multiply a trace's request rate."""
 
     COMPRESS = "compress"
     REPLICATE = "replicate"

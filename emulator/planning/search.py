@@ -9,9 +9,9 @@ A search space is a JSON object:
       "vary": {"decode_npus_per_instance": [64, 96, 160], "mtp_draft_tokens": [0, 1]}
     }
 
-`vary` maps `DeploymentConfig` fields to the values to try; the search
-takes every combination (the Cartesian product, in the order given), laid
-over the base deployment and `fixed`. Any deployment field can be an axis,
+`vary` maps `DeploymentConfig` fields to the values to try. The search
+takes every combination (the Cartesian product, in the order given) and lays
+it over the base deployment and `fixed`. Any deployment field can be an axis,
 with values spelled as in a deployment file, so a new field of the
 deployment is one more entry here. `npu_budget` (default: the hardware's
 NPUs) and `min_npus` (default: none) bound the NPUs a deployment uses.

@@ -41,7 +41,7 @@ _MAX_REFINE_ROUNDS = 10
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What a sweep simulates and how it judges the points.
+    """Settings of a sweep: the rate factors and the rules that judge points.
 
     `rate_factors` multiply the trace's request rate (1 is the trace as
     recorded). Raises ConfigError for an empty or non-positive factor list
@@ -87,9 +87,9 @@ class SweepPoint:
 class SweepResult:
     """The points sorted by rate factor, with the sweep's findings.
 
-    `max_slo_index` is the index of the largest SLO rate in `points` (None
-    when even the lowest point fails); `limit_found` is True when a higher
-    point fails, so the largest SLO rate is bracketed. `saturation_index`
+    `max_slo_index` is the index of the largest SLO rate in `points`, None
+    when even the lowest point fails. `limit_found` is True when a higher
+    point fails, so that the largest SLO rate is bracketed. `saturation_index`
     is the first saturated point (None when none is).
     """
 

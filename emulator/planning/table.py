@@ -21,7 +21,7 @@ Columns, in order (rates per second of trace time, latencies in ms):
 - `deployment_<field>` for every `DeploymentConfig` field (enums as their
   names' values), and `deployment_json` with all of them.
 
-The file metadata holds the run's settings as JSON under
+The file metadata contains the run's settings as JSON under
 `cmx.planning.run_config`.
 """
 
