@@ -183,7 +183,7 @@ class PointRunner:
             "trace_sha256": self.source.sha256,
             "limit": self.source.limit,
             "duration_s": self.source.duration_s,
-            "rate_factor": point.rate_factor,
+            "rate_factor": float(point.rate_factor),
             "scaling": point.scaling.value,
             "seed": point.seed,
             "profiles": profiles_to_dict(self.profiles_for(point.deployment)),
