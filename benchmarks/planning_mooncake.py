@@ -121,17 +121,20 @@ def _confirm(name: str, out: Path, best_filter: str) -> bool:
         "0",
     ]
     simulate_s = _timed(command)
+
     results = pq.read_table(output, columns=list(RESULT_COLUMNS))
     confirmed = point_metrics(results, SLO).as_dict()
     row = _best_row(out, best_filter)
     print(f"{name} best point: rate factor {row['rate_factor']:g}, {row['npus']} NPUs")
     print(f"  cmx simulate took {simulate_s:.1f} s; figure: planned / simulate")
+
     same = True
     for figure in COMPARED_FIGURES:
         planned, simulated = row[figure], confirmed[figure]
         same &= planned == simulated
         print(f"  {figure:22} {planned!s:>22} {simulated!s:>22}")
     print(f"  {'identical' if same else 'DIFFERENT'}")
+
     print("  percentiles by DuckDB (quantile_cont) on the cmx simulate output:")
     for figure, duckdb_value in _duckdb_percentiles(output).items():
         planned = float(row[figure])  # type: ignore[arg-type]

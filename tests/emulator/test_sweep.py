@@ -109,6 +109,22 @@ def test_resume_skips_finished_points(tmp_path: Path) -> None:
     assert resumed.best.rate_factor == 2.0
 
 
+def test_fresh_simulates_cached_points_again(tmp_path: Path) -> None:
+    config = SweepConfig((1.0, 2.0), SLO)
+    run_sweep(make_runner(tmp_path), SMALL_DEPLOYMENT, config)
+
+    runner = PointRunner(
+        TraceSource.open(tmp_path / "trace.parquet"),
+        default_profiles(),
+        tmp_path / "cache",
+        fresh=True,
+        show_progress=False,
+    )
+    run_sweep(runner, SMALL_DEPLOYMENT, config)
+
+    assert (runner.simulated, runner.reused) == (2, 0)
+
+
 def test_cache_key_covers_inputs(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     config = SweepConfig((1.0,), SLO)
