@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     # piece names itself instead of breaking import of this module.
     from cmx import demo
     from emulator import cli as emulator_cli
+    from emulator.planning import cli as planning_cli
     from replay import cli as replay_cli
     from replay import locust_cli
     from traces import analyze_cli
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     traces_cli.register(subparsers)
     emulator_cli.register(subparsers)
+    planning_cli.register(subparsers)
     replay_cli.register(subparsers)
     locust_cli.register(subparsers)
     analyze_cli.register(subparsers)
