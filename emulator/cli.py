@@ -15,6 +15,8 @@ from emulator.profiles import Profiles, load_deployment, load_hardware, load_mod
 __all__ = ["register"]
 
 if TYPE_CHECKING:
+    from emulator.simulate import SimulationSummary
+
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _HEALTH_TIMEOUT_S = 5.0
@@ -223,10 +225,34 @@ def _run_simulate(args: argparse.Namespace) -> int:
         f"{summary.rejected} rejected): {summary.emulated_s:,.1f} s emulated in "
         f"{summary.wall_s:.2f} s wall ({summary.speedup:,.0f}x)"
     )
+    cache_line = _cache_summary_line(summary)
+    if cache_line:
+        print(cache_line)
     print(f"wrote {summary.output_path} and {summary.profiles_path}")
     if summary.timeseries_path is not None:
         print(f"wrote {summary.timeseries_path}")
     return 0
+
+
+def _cache_summary_line(summary: SimulationSummary) -> str | None:
+    """Describe the run's prefix cache hits in one line; None when it is off."""
+    stats = summary.cache
+    share = summary.cached_token_share
+    if stats is None or share is None:
+        return None
+    prompt = summary.prompt_tokens
+    hit_rate = stats.block_hit_rate
+    blocks = (
+        "no hashed blocks"
+        if hit_rate is None
+        else f"block hit rate {hit_rate:.1%} of {stats.blocks_looked_up:,} "
+        f"blocks of {stats.block_tokens} tokens"
+    )
+    return (
+        f"prefix cache: {share:.1%} of prompt tokens reused "
+        f"(HBM {summary.cached_tokens_hbm / prompt:.1%}, "
+        f"pool {summary.cached_tokens_pool / prompt:.1%}); {blocks}"
+    )
 
 
 def _register_bench(subparsers: _Subparsers) -> None:

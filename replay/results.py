@@ -84,6 +84,9 @@ class ResultRow:
     cached_tokens: int | None
     prefill_instance: int | None
     decode_instance: int | None
+    cached_tokens_hbm: int | None = None
+    cached_tokens_pool: int | None = None
+    cache_load_ms: float | None = None
 
 
 def parts_dir_for(path: str | Path) -> Path:

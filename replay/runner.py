@@ -209,6 +209,9 @@ def build_row(
         cached_tokens=summary.cached_tokens if summary else None,
         prefill_instance=summary.prefill_instance if summary else None,
         decode_instance=summary.decode_instance if summary else None,
+        cached_tokens_hbm=summary.cached_tokens_hbm if summary else None,
+        cached_tokens_pool=summary.cached_tokens_pool if summary else None,
+        cache_load_ms=summary.emulated_cache_load_ms if summary else None,
     )
 
 

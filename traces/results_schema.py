@@ -27,6 +27,9 @@ timestamps, which count from the request's arrival at the emulator.
 | cached_tokens          | int64, null    | as queue_ms                                |
 | prefill_instance       | int64, null    | as queue_ms                                |
 | decode_instance        | int64, null    | as queue_ms                                |
+| cached_tokens_hbm      | int64, null    | cached_tokens found in the instance's HBM  |
+| cached_tokens_pool     | int64, null    | cached_tokens loaded from the DRAM pool    |
+| cache_load_ms          | float64, null  | emulated pool load time, in prefill_ms     |
 
 The emulated latencies of a stream whose n tokens carry the timestamps
 t_1 <= ... <= t_n are defined once, in `emulated_latencies`:
@@ -84,6 +87,9 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("cached_tokens", pa.int64(), nullable=True),
         pa.field("prefill_instance", pa.int64(), nullable=True),
         pa.field("decode_instance", pa.int64(), nullable=True),
+        pa.field("cached_tokens_hbm", pa.int64(), nullable=True),
+        pa.field("cached_tokens_pool", pa.int64(), nullable=True),
+        pa.field("cache_load_ms", pa.float64(), nullable=True),
     ]
 )
 
