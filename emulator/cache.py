@@ -100,16 +100,25 @@ def cache_block_keys(
         )
 
     covered_tokens = min(hashes * trace_block_tokens, input_tokens)
-    keys: list[int] = []
+    blocks = covered_tokens // cache_block_tokens
+    if not blocks:
+        return ()
+    # chains[t] identifies trace blocks 0 ... t and everything before them.
     chain = hash(("cmx-prefix", trace_block_tokens))
-    chained = 0
-    for block in range(covered_tokens // cache_block_tokens):
-        last_token = (block + 1) * cache_block_tokens - 1
-        while chained <= last_token // trace_block_tokens:
-            chain = hash((chain, prefix_block_hashes[chained]))
-            chained += 1
-        keys.append(hash((chain, block)))
-    return tuple(keys)
+    chains: list[int] = []
+    last_trace_block = (blocks * cache_block_tokens - 1) // trace_block_tokens
+    for block_hash in prefix_block_hashes[: last_trace_block + 1]:
+        chain = hash((chain, block_hash))
+        chains.append(chain)
+    return tuple(
+        hash(
+            (
+                chains[((block + 1) * cache_block_tokens - 1) // trace_block_tokens],
+                block,
+            )
+        )
+        for block in range(blocks)
+    )
 
 
 @dataclass(frozen=True)
@@ -197,13 +206,27 @@ class BlockTier:
         return list(self._parents)
 
     def count_leading(self, keys: Sequence[int], start: int = 0) -> int:
-        """Return how many of keys[start], keys[start + 1], ... are cached in a row."""
-        count = 0
-        for key in keys[start:]:
-            if key not in self._parents:
-                break
-            count += 1
-        return count
+        """Return how many of keys[start], keys[start + 1], ... are cached in a row.
+
+        `keys` must be a chain, root first. Without orphans the tier holds
+        the parent of every block it holds, so the cached keys of a chain
+        are a prefix of it and a binary search finds its end.
+        """
+        parents = self._parents
+        end = len(keys)
+        if self._orphans:
+            position = start
+            while position < end and keys[position] in parents:
+                position += 1
+            return position - start
+        low, high = 0, end  # keys[:low] are cached, keys[high:] are not
+        while low < high:
+            middle = (low + high) // 2
+            if keys[middle] in parents:
+                low = middle + 1
+            else:
+                high = middle
+        return max(0, low - start)
 
     def touch(self, keys: Sequence[int]) -> None:
         """Mark the cached ones of `keys` (a chain, root first) as just used.
@@ -212,9 +235,10 @@ class BlockTier:
         chain the tail becomes the least recently used and goes first.
         """
         parents = self._parents
+        move_to_end = parents.move_to_end
         for key in reversed(keys):
             if key in parents:
-                parents.move_to_end(key)
+                move_to_end(key)
 
     def store_chain(self, keys: Sequence[int]) -> list[tuple[int, int | None]]:
         """Cache a chain of keys, root first; return what was evicted for room.
@@ -223,17 +247,27 @@ class BlockTier:
         whole chain, only its leading part is kept. Evicted (key, parent)
         pairs are returned oldest first.
         """
+        parents = self._parents
         present = self.count_leading(keys)
         room = max(0, self.capacity_blocks - present)
         new_end = present + min(room, len(keys) - present)
-        # Refreshing every cached block of the kept part first makes them
-        # the newest, so that making room evicts none of them.
-        self.touch(keys[:new_end])
-        missing = sum(key not in self._parents for key in keys[present:new_end])
-        evicted = self._make_room(missing)
-        for position in reversed(range(present, new_end)):
-            parent = keys[position - 1] if position else None
-            self._add(keys[position], parent)
+        prefix_closed = not self._orphans
+        if prefix_closed:
+            missing = new_end - present
+        else:
+            missing = sum(key not in parents for key in keys[present:new_end])
+        evicted: list[tuple[int, int | None]] = []
+        if len(parents) + missing > self.capacity_blocks:
+            # Refreshing every cached block of the kept part first makes
+            # them the newest, so that making room evicts none of them.
+            self.touch(keys[:new_end])
+            evicted = self._make_room(missing)
+        if prefix_closed:
+            self._append_new_chain(keys, present, new_end)
+        else:
+            # Tail first, so that each block ends up older than its parent.
+            for position in range(new_end - 1, present - 1, -1):
+                self._add(keys[position], keys[position - 1] if position else None)
         self.touch(keys[:present])
         return evicted
 
@@ -266,6 +300,27 @@ class BlockTier:
                 orphans[parent] = orphans.get(parent, 0) + 1
         assert children == self._children
         assert orphans == self._orphans
+
+    def _append_new_chain(self, keys: Sequence[int], start: int, end: int) -> None:
+        """Add keys[start:end], none of them cached, tail first; no orphans exist.
+
+        The same as calling `_add` for each, without the orphan bookkeeping:
+        every new block but the tail has exactly one cached child, the next.
+        """
+        if start >= end:
+            return
+        parents = self._parents
+        children = self._children
+        for position in range(end - 1, start, -1):
+            key = keys[position]
+            parents[key] = keys[position - 1]
+            children[key] = 1
+        first = keys[start]
+        parents[first] = keys[start - 1] if start else None
+        children[first] = 1
+        children[keys[end - 1]] = 0
+        if start:
+            children[keys[start - 1]] += 1
 
     def _add(self, key: int, parent: int | None) -> None:
         if key in self._parents:

@@ -229,9 +229,10 @@ class DeploymentConfig:
     # prefill instance's HBM and in the supernode's DRAM pool, are reused
     # instead of being prefilled again. See `emulator.cache`.
     prefix_caching: bool = True
-    # Tokens per prefix cache block. Trace blocks of another size are mapped
-    # onto cache blocks as `emulator.cache.cache_block_keys` describes.
-    cache_block_tokens: int = 128
+    # Tokens per prefix cache block, the block size of the Mooncake traces.
+    # Trace blocks of another size are mapped as
+    # `emulator.cache.cache_block_keys` describes.
+    cache_block_tokens: int = 512
     # HBM per prefill die for cached blocks; null means all the HBM left
     # after the weights and `hbm_reserved_gb_per_die`.
     hbm_cache_gb_per_die: float | None = None
