@@ -244,7 +244,7 @@ class DeploymentConfig:
     # DRAM pool. Fitted by `emulator.calibration.fit_pool_read_rate` to the
     # published 2.28x prefill throughput at 90% prefix reuse; the UB line
     # rate (2 x 196 GB/s per NPU) would be far higher.
-    pool_read_gb_per_s_per_npu: float = 1.0
+    pool_read_gb_per_s_per_npu: float = 1.09367
     routing_policy: RoutingPolicy = RoutingPolicy.CACHE_AWARE
 
     def __post_init__(self) -> None:
