@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from emulator.core import EventQueue
@@ -21,6 +23,8 @@ from emulator.profiles import (
     deployment_from_mapping,
     load_hardware,
 )
+from emulator.simulate import SimulationConfig, simulate
+from traces.schema import TRACE_SCHEMA, write_trace
 
 KV_BYTES_PER_TOKEN = 70_272
 
@@ -272,3 +276,44 @@ def test_hardware_file_without_dram_still_loads(tmp_path: Path) -> None:
     hardware = load_hardware(path)
     assert hardware.dram_gb_per_node == 1024.0
     assert hardware.num_nodes == 48
+
+
+# Simulation of a trace with hashes.
+
+
+def test_simulate_names_row_of_bad_prefix(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.parquet"
+    rows = [
+        ("a", 0.0, 2048, 4, [1, 2, 3, 4]),
+        ("b", 1.0, 1000, 4, [1, 2, 3]),
+        ("c", 2000.0, 2048, 4, [1, 2, 3, 9]),
+    ]
+    table = pa.table(
+        {
+            "request_id": [row[0] for row in rows],
+            "arrival_ms": [row[1] for row in rows],
+            "input_tokens": [row[2] for row in rows],
+            "output_tokens": [row[3] for row in rows],
+            "prefix_block_hashes": [row[4] for row in rows],
+            "block_tokens": [512 for _ in rows],
+            "session_id": [None for _ in rows],
+        },
+        schema=TRACE_SCHEMA,
+    )
+    write_trace(table, trace)
+    output = tmp_path / "results.parquet"
+    summary = simulate(
+        SimulationConfig(trace, output), default_profiles(), show_progress=False
+    )
+
+    results = {row["request_id"]: row for row in pq.read_table(output).to_pylist()}
+    assert results["b"]["status"] == "INVALID_ARGUMENT"
+    assert results["b"]["error"].startswith("trace row 2: prefix_block_hashes has 3")
+    assert results["b"]["cached_tokens_hbm"] is None
+    assert results["a"]["cached_tokens"] == 0
+    assert results["a"]["cache_load_ms"] == 0.0
+    assert results["c"]["cached_tokens"] == 1536
+    assert results["c"]["cached_tokens_hbm"] == 1536
+    assert results["c"]["cached_tokens_pool"] == 0
+    assert summary.prompt_tokens == 4096
+    assert summary.cached_token_share == pytest.approx(1536 / 4096)
