@@ -1,10 +1,12 @@
 """Time `cmx simulate` on the whole Mooncake conversation trace, twice.
 
-Imports ../shared/data/mooncake_conversation.jsonl into a temporary folder,
-simulates it with the full CloudMatrix384 deployment and seed 0 twice, and
-prints the wall time of each run, the emulated duration, the speed-up over
-real time and whether the two results files are byte for byte identical.
-The target is under 10 s of wall time (at least 350x real time).
+Imports ../shared/data/mooncake_conversation.jsonl into a temporary folder
+and simulates it with the full CloudMatrix384 deployment and seed 0 twice.
+For each run it prints the wall and CPU time, the emulated duration, the
+speed-up over real time and the share of prompt tokens served by the prefix
+cache. Then it prints whether the two results files are byte for byte
+identical. The target is under 10 s of wall time (at least 350x real time);
+on a shared machine the CPU time is the steadier figure.
 
 Run: .venv/bin/python benchmarks/simulate_speed.py [--trace JSONL]
 """

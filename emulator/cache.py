@@ -2,9 +2,9 @@
 
 A prompt's KV cache is cut into blocks of `cache_block_tokens`. A block is
 identified by its position and by the trace's hashes of every trace block
-up to the one containing the block's last token (`cache_block_keys`), so two
-prompts share a cache block only when the trace says that all their tokens
-up to the end of that block are equal. A trace's block size may differ from
+up to the one containing the block's last token (`cache_block_keys`). Two
+prompts therefore share a cache block only when the trace shows that all
+their tokens up to the end of that block are equal. A trace's block size may differ from
 the cache's in either direction. When the cache block is smaller, a trace
 block splits into several cache blocks. When it is larger, a cache block
 needs the hashes of every trace block it spans. Only cache blocks covered
@@ -179,9 +179,10 @@ class BlockTier:
     """One tier: cached block keys in LRU order, evicted leaves first.
 
     Each key remembers its parent key (None for a prompt's first block).
-    `_children` counts, for every cached key, its cached children; blocks
-    whose parent is not cached in this tier are counted in `_orphans` under
-    the parent's key, so that adding the parent later restores the count.
+    `_children` counts the cached children of every cached key. A block
+    whose parent is not cached in this tier is an orphan: it is counted in
+    `_orphans` under the parent's key, so that adding the parent later
+    restores the parent's count.
     """
 
     def __init__(self, capacity_blocks: int, name: str) -> None:
@@ -364,9 +365,9 @@ class CacheStats:
     """Counts of a prefix cache since it was made, in blocks.
 
     `blocks_looked_up` counts the cacheable blocks of every request at the
-    start of its prefill; each hit is counted once, in the tier it was read
-    from. `pool_blocks_recomputed` were found in the pool but prefilled,
-    because loading them would have taken longer.
+    start of its prefill. Each hit is counted once, in the tier it was read
+    from. `pool_blocks_recomputed` counts blocks found in the pool but
+    prefilled, because loading them would have taken longer.
     """
 
     block_tokens: int

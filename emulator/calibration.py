@@ -125,10 +125,10 @@ class PublishedCache:
     ttft_ratio: float | None
 
 
-# Fitted: 2.28x prefill throughput at 90% reuse. The TTFT reduction of 59%
-# at 90% and the 1.42x at 50% are not fitted. All three come from the
-# summary of the paper's tables cited above (a second-hand source); the
-# paper's own caching figure was not available to us.
+# Fitted: 2.28x prefill throughput at 90% reuse, with the KV cache in the
+# paper's DRAM pool. Not fitted: the TTFT reduction of 59% at 90% and 1.42x
+# at 50% reuse, which come only from the summary of the paper's tables cited
+# above, a second-hand source.
 PUBLISHED_CACHE = PublishedCache(reuse=0.9, throughput_ratio=2.28, ttft_ratio=0.41)
 PREDICTED_CACHE = (PublishedCache(reuse=0.5, throughput_ratio=1.42, ttft_ratio=None),)
 # Workload of `bench_cache`: the prompt length of the paper's prefill rows,
@@ -305,7 +305,7 @@ def bench_cache(
     """Run the context caching experiment at prefix reuse ratio `reuse`.
 
     `requests` prompts of `input_tokens` arrive at once and saturate every
-    prefill instance; each asks for one output token, so decode plays no
+    prefill instance. Each requests one output token, so decode plays no
     part. Every prompt starts with its own prefix of round(reuse x
     input_tokens / block_tokens) blocks, left in the DRAM pool by earlier
     turns, and the rest is new. Then one more such request runs alone for

@@ -293,7 +293,7 @@ class CostModel:
     def pool_load_is_cheaper(self, start_token: int, end_token: int) -> bool:
         """Whether loading positions [start, end) from the pool beats recomputing.
 
-        Loading costs bytes over the pool's read rate; recomputing costs the
+        Loading costs bytes over the pool's read rate. Recomputing costs the
         FLOPs of those positions, attention over everything before them
         included, so long prefixes favour loading even at low read rates.
         """

@@ -56,7 +56,7 @@ class Precision(enum.Enum):
 
 
 class RoutingPolicy(enum.Enum):
-    """How the router picks a prefill instance for a new request."""
+    """Policy by which the router picks a prefill instance for a new request."""
 
     # Least queued prefill work after subtracting the prompt tokens that the
     # instance's HBM already caches.
@@ -242,8 +242,8 @@ class DeploymentConfig:
     pool_write_policy: PoolWritePolicy = PoolWritePolicy.WRITE_THROUGH
     # Effective rate at which one prefill NPU reads cached blocks from the
     # DRAM pool. Fitted by `emulator.calibration.fit_pool_read_rate` to the
-    # published 2.28x prefill throughput at 90% prefix reuse; the UB line
-    # rate (2 x 196 GB/s per NPU) would be far higher.
+    # published 2.28x prefill throughput at 90% prefix reuse. The UB line
+    # rate (2 x 196 GB/s per NPU) is far higher.
     pool_read_gb_per_s_per_npu: float = 1.09367
     routing_policy: RoutingPolicy = RoutingPolicy.CACHE_AWARE
 
