@@ -255,17 +255,16 @@ class Supernode:
                 f"{decode.kv_block_tokens} tokens but a decode die has room "
                 f"for {decode.kv_blocks_per_die}"
             )
-        keys: tuple[int, ...] = ()
-        if self.cache is not None:
-            keys = cache_block_keys(
-                spec.prefix_block_hashes,
-                spec.block_tokens,
-                spec.input_tokens,
-                self.cache.block_tokens,
-            )
+        # Computed even with caching off, to check the hashes the same way.
+        keys = cache_block_keys(
+            spec.prefix_block_hashes,
+            spec.block_tokens,
+            spec.input_tokens,
+            self.profiles.deployment.cache_block_tokens,
+        )
         record = RequestRecord(spec=spec, sink=sink, arrival_s=self.events.now_s)
         record.kv_blocks = blocks
-        record.cache_keys = keys
+        record.cache_keys = keys if self.cache is not None else ()
         self.active_requests += 1
         instance = self.router.choose(record, candidates)
         instance.enqueue(record)

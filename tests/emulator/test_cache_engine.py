@@ -169,8 +169,9 @@ def test_metrics_and_stats_count_blocks() -> None:
     assert stats.block_hit_rate == pytest.approx(3 / 8)
 
 
-def test_prefix_longer_than_prompt_is_rejected() -> None:
-    supernode, _ = make(default_profiles())
+@pytest.mark.parametrize("caching", [True, False])
+def test_prefix_longer_than_prompt_is_rejected(caching: bool) -> None:
+    supernode, _ = make(default_profiles(prefix_caching=caching))
     spec = RequestSpec("bad", 2048, 1, (1, 2, 3, 4, 5), 512)
     with pytest.raises(InvalidPrefix, match="input_tokens 2048 fills only 4"):
         supernode.submit(spec, Finished())
