@@ -3,7 +3,9 @@
 The output is the Markdown of the tables in docs/calibration.md. Fitted rows
 are marked; every other row is a prediction. --ep-operator-overhead-us adds a
 what-if run with a fixed cost per EP dispatch or combine operator (the decode
-efficiency is refitted to the published 50 ms row first).
+efficiency is refitted to the published 50 ms row first). The context caching
+tables refit the pool's read rate first and print it, which takes a few
+seconds.
 
 Run: .venv/bin/python benchmarks/calibration_table.py [--ep-operator-overhead-us N]
 """
@@ -14,15 +16,20 @@ import argparse
 import dataclasses
 
 from emulator.calibration import (
+    PREDICTED_CACHE,
     PREDICTED_DECODE,
+    PUBLISHED_CACHE,
     PUBLISHED_DECODE,
     PUBLISHED_PREFILL,
     PUBLISHED_PREFILL_BALANCED,
+    PublishedCache,
     PublishedDecode,
+    bench_cache,
     bench_decode,
     bench_prefill,
     decode_tpot_ms,
     fit_calibration,
+    fit_pool_read_rate,
 )
 from emulator.costs import CostModel
 from emulator.profiles import Profiles, default_profiles
@@ -112,10 +119,64 @@ def ablations(profiles: Profiles) -> None:
         f"| EP256 dispatch / combine latency, 128 tokens per die "
         f"| 152 / 149 us | {dispatch:.0f} / {combine:.0f} us |"
     )
+    cached = bench_cache(profiles, PUBLISHED_CACHE.reuse)
     print(
-        "| prefill throughput at 90% prefix reuse over none | 2.28x "
-        "| not modelled (no prefix cache yet) |"
+        "| prefill throughput at 90% prefix reuse over none (fitted) | 2.28x "
+        f"| {cached.throughput_ratio:.2f}x |"
     )
+
+
+def cache_rows(profiles: Profiles) -> None:
+    published: dict[float, tuple[PublishedCache, str]] = {
+        PUBLISHED_CACHE.reuse: (PUBLISHED_CACHE, "fitted")
+    }
+    published.update((row.reuse, (row, "predicted")) for row in PREDICTED_CACHE)
+    print(
+        "| reuse | cached share | throughput ratio: published | model "
+        "| TTFT ratio: published | model | TTFT (ms): cached / no cache |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for reuse in (0.25, 0.5, 0.75, 0.9, 0.95):
+        result = bench_cache(profiles, reuse)
+        row, kind = published.get(reuse, (None, ""))
+        throughput = "" if row is None else f"{row.throughput_ratio}x ({kind})"
+        model = f"{result.throughput_ratio:.2f}x"
+        if row is not None:
+            model += f" ({error(result.throughput_ratio, row.throughput_ratio)})"
+        ttft = ""
+        if row is not None and row.ttft_ratio is not None:
+            ttft = f"{row.ttft_ratio} (predicted)"
+        print(
+            f"| {reuse:.0%} | {result.cached_token_share:.1%} | {throughput} "
+            f"| {model} | {ttft} | {result.ttft_ratio:.2f} "
+            f"| {result.ttft_ms:.1f} / {result.ttft_ms_no_cache:.1f} |"
+        )
+
+
+def load_or_recompute_rows(profiles: Profiles) -> None:
+    costs = CostModel(profiles)
+    rate = profiles.deployment.pool_read_gb_per_s_per_npu
+    print(
+        f"| prompt positions | recompute (ms) | load at {rate:.2f} GB/s/NPU (ms) "
+        "| cheaper | break-even read rate (GB/s per NPU) |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for start, end in (
+        (0, 512),
+        (0, 4096),
+        (0, 32768),
+        (0, 131072),
+        (32768, 33280),
+        (131072 - 512, 131072),
+    ):
+        recompute_ms = costs.recompute_s(start, end) * 1e3
+        load_ms = costs.pool_load_s(end - start) * 1e3
+        cheaper = "load" if costs.pool_load_is_cheaper(start, end) else "recompute"
+        breakeven = costs.pool_breakeven_gb_per_s_per_npu(start, end)
+        print(
+            f"| {start:,} to {end:,} | {recompute_ms:.2f} | {load_ms:.2f} "
+            f"| {cheaper} | {breakeven:.2f} |"
+        )
 
 
 def replace(profiles: Profiles, **changes: object) -> Profiles:
@@ -150,6 +211,25 @@ def main() -> None:
     decode_rows(profiles, rows)
     print("\n## Other published figures\n")
     ablations(profiles)
+
+    rate = fit_pool_read_rate(profiles)
+    print(
+        f"\n## Context caching (pool read rate refitted: {rate:.5f} GB/s per NPU; "
+        f"default {profiles.deployment.pool_read_gb_per_s_per_npu:g})\n"
+    )
+    cached_profiles = replace(profiles, pool_read_gb_per_s_per_npu=rate)
+    cache_rows(cached_profiles)
+    print("\n## Loading from the pool versus recomputing\n")
+    load_or_recompute_rows(cached_profiles)
+    line_rate = 2 * profiles.hardware.ub_bandwidth_gb_per_s
+    ub = bench_cache(
+        replace(profiles, pool_read_gb_per_s_per_npu=line_rate), PUBLISHED_CACHE.reuse
+    )
+    print(
+        f"\nWhat if the pool were read at the UB line rate ({line_rate:g} GB/s "
+        f"per NPU): {ub.throughput_ratio:.2f}x at 90% reuse, TTFT ratio "
+        f"{ub.ttft_ratio:.2f}."
+    )
 
     if args.ep_operator_overhead_us is not None:
         what_if = replace(

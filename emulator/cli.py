@@ -15,6 +15,8 @@ from emulator.profiles import Profiles, load_deployment, load_hardware, load_mod
 __all__ = ["register"]
 
 if TYPE_CHECKING:
+    from emulator.simulate import SimulationSummary
+
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _HEALTH_TIMEOUT_S = 5.0
@@ -223,16 +225,41 @@ def _run_simulate(args: argparse.Namespace) -> int:
         f"{summary.rejected} rejected): {summary.emulated_s:,.1f} s emulated in "
         f"{summary.wall_s:.2f} s wall ({summary.speedup:,.0f}x)"
     )
+    cache_line = _cache_summary_line(summary)
+    if cache_line:
+        print(cache_line)
     print(f"wrote {summary.output_path} and {summary.profiles_path}")
     if summary.timeseries_path is not None:
         print(f"wrote {summary.timeseries_path}")
     return 0
 
 
+def _cache_summary_line(summary: SimulationSummary) -> str | None:
+    """Describe the run's prefix cache hits in one line; None when it is off."""
+    stats = summary.cache
+    share = summary.cached_token_share
+    if stats is None or share is None:
+        return None
+    prompt = summary.prompt_tokens
+    hit_rate = stats.block_hit_rate
+    blocks = (
+        "no hashed blocks"
+        if hit_rate is None
+        else f"block hit rate {hit_rate:.1%} of {stats.blocks_looked_up:,} "
+        f"blocks of {stats.block_tokens} tokens"
+    )
+    return (
+        f"prefix cache: {share:.1%} of prompt tokens reused "
+        f"(HBM {summary.cached_tokens_hbm / prompt:.1%}, "
+        f"pool {summary.cached_tokens_pool / prompt:.1%}); {blocks}"
+    )
+
+
 def _register_bench(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="reproduce the paper's decode and prefill throughput without a trace",
+        help="reproduce the paper's decode, prefill and caching figures without "
+        "a trace",
         description=(
             "Steady-state throughput of the model for equal requests, as in "
             "the CloudMatrix384 serving paper's tables."
@@ -280,6 +307,41 @@ def _register_bench(subparsers: _Subparsers) -> None:
     prefill.add_argument("--json", action="store_true", help="print JSON")
     _add_profile_options(prefill)
     prefill.set_defaults(run=_run_bench_prefill)
+    _register_bench_cache(phases)
+
+
+def _register_bench_cache(phases: _Subparsers) -> None:
+    cache = phases.add_parser(
+        "cache",
+        help="prefill gain of context caching at a prefix reuse ratio",
+        description=(
+            "Prefill a burst of equal prompts whose leading REUSE share is "
+            "cached in the DRAM pool, with caching on and off, and print the "
+            "throughput ratio and the TTFT ratio of a lone request."
+        ),
+    )
+    cache.add_argument(
+        "--reuse",
+        type=float,
+        required=True,
+        help="share of each prompt found in the cache, in [0, 1)",
+    )
+    cache.add_argument("--input-tokens", type=int, default=4096)
+    cache.add_argument(
+        "--requests",
+        type=int,
+        default=1200,
+        help="prompts in the burst (default: 1200)",
+    )
+    cache.add_argument(
+        "--block-tokens",
+        type=int,
+        default=128,
+        help="tokens per cache block in this bench (default: 128)",
+    )
+    cache.add_argument("--json", action="store_true", help="print JSON")
+    _add_profile_options(cache)
+    cache.set_defaults(run=_run_bench_cache)
 
 
 def _run_bench_decode(args: argparse.Namespace) -> int:
@@ -331,4 +393,42 @@ def _run_bench_prefill(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"{throughput:,.0f} prompt tokens/s per NPU")
+    return 0
+
+
+def _run_bench_cache(args: argparse.Namespace) -> int:
+    from emulator.calibration import bench_cache
+
+    profiles = _load_profiles(args)
+    result = bench_cache(
+        profiles, args.reuse, args.input_tokens, args.requests, args.block_tokens
+    )
+    if args.json:
+        report = {
+            "reuse": args.reuse,
+            "cached_token_share": round(result.cached_token_share, 4),
+            "input_tokens": result.input_tokens,
+            "requests": result.requests,
+            "block_tokens": result.block_tokens,
+            "pool_read_gb_per_s_per_npu": (
+                profiles.deployment.pool_read_gb_per_s_per_npu
+            ),
+            "tokens_per_s_per_npu": round(result.tokens_per_s_per_npu, 1),
+            "tokens_per_s_per_npu_no_cache": round(
+                result.tokens_per_s_per_npu_no_cache, 1
+            ),
+            "throughput_ratio": round(result.throughput_ratio, 4),
+            "ttft_ms": round(result.ttft_ms, 3),
+            "ttft_ms_no_cache": round(result.ttft_ms_no_cache, 3),
+            "ttft_ratio": round(result.ttft_ratio, 4),
+        }
+        print(json.dumps(report))
+    else:
+        print(
+            f"{result.cached_token_share:.1%} of prompt tokens cached: prefill "
+            f"{result.tokens_per_s_per_npu:,.0f} vs "
+            f"{result.tokens_per_s_per_npu_no_cache:,.0f} tokens/s per NPU "
+            f"({result.throughput_ratio:.2f}x); TTFT {result.ttft_ms:.1f} vs "
+            f"{result.ttft_ms_no_cache:.1f} ms ({result.ttft_ratio:.2f}x)"
+        )
     return 0

@@ -2,9 +2,10 @@
 
 Every formula works from the profiles (FLOPs, bytes, bandwidths, latencies)
 and three fitted numbers: the fraction of peak compute that the kernels reach
-in prefill and in decode, and the expert load imbalance. Nothing is fitted per
-row, so figures for other prompt lengths, batch sizes and SLOs are
-predictions.
+in prefill and in decode, and the expert load imbalance. A fourth fitted
+number, the DRAM pool's effective read rate, prices prefix cache loads.
+Nothing is fitted per row, so figures for other prompt lengths, batch sizes,
+SLOs and reuse ratios are predictions.
 
 Units: times in seconds, sizes in bytes, rates in operations or bytes per
 second, token counts and positions in tokens.
@@ -111,6 +112,12 @@ class CostModel:
         self._matmul_flops = hardware.peak_flops_per_die(deployment.precision)
         # Attention scores, softmax and the LM head stay in BF16.
         self._bf16_flops = hardware.peak_flops_per_die(Precision.BF16)
+        self._pool_bytes_per_s = (
+            deployment.prefill_npus_per_instance
+            * deployment.pool_read_gb_per_s_per_npu
+            * _GB
+        )
+        self._pool_latency_s = hardware.ub_latency_inter_node_us / 1e6
         self._expert_slots = model.experts_per_token + model.num_shared_experts
         self._ep_latency_s = (
             self._fabric_latency_s(deployment.decode_npus_per_instance)
@@ -157,6 +164,9 @@ class CostModel:
         """
         if not chunks:
             return 0.0
+        # NOTE: no floor for reading the weights (about 24 ms per iteration
+        # for a prefill die of the default deployment), so iterations of a
+        # few hundred tokens, common after a prefix cache hit, are too fast.
         model = self.profiles.model
         deployment = self.profiles.deployment
         tokens = sum(chunk.tokens for chunk in chunks)
@@ -255,6 +265,59 @@ class CostModel:
             overlap_saved_s=saved_per_layer_s * moe_layers,
         )
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes of one token over all layers, in the cache precision."""
+        return self._kv_bytes_per_token
+
+    def recompute_s(self, start_token: int, end_token: int) -> float:
+        """Compute time that prefilling positions [start, end) adds to an iteration.
+
+        This is `prefill_s` of that one chunk without the per-iteration
+        overhead, so it is what a cache hit on those positions saves.
+        """
+        if end_token <= start_token:
+            return 0.0
+        overhead_s = self.profiles.deployment.step_overhead_ms / 1e3
+        return self.prefill_s([PrefillChunk(start_token, end_token)]) - overhead_s
+
+    def pool_load_s(self, tokens: int) -> float:
+        """Time for a prefill instance to read `tokens` of cached KV from the pool.
+
+        Every NPU of the instance reads its share from the DRAM pool over UB
+        at `pool_read_gb_per_s_per_npu`: bytes / (NPUs x rate) plus one
+        cross-node UB latency.
+        """
+        if tokens <= 0:
+            return 0.0
+        kv_bytes = tokens * self._kv_bytes_per_token
+        return kv_bytes / self._pool_bytes_per_s + self._pool_latency_s
+
+    def pool_load_is_cheaper(self, start_token: int, end_token: int) -> bool:
+        """Whether loading positions [start, end) from the pool beats recomputing.
+
+        Loading costs bytes over the pool's read rate. Recomputing costs the
+        FLOPs of those positions, attention over everything before them
+        included, so long prefixes favour loading even at low read rates.
+        """
+        tokens = end_token - start_token
+        return self.pool_load_s(tokens) < self.recompute_s(start_token, end_token)
+
+    def pool_breakeven_gb_per_s_per_npu(
+        self, start_token: int, end_token: int
+    ) -> float:
+        """Pool read rate per NPU above which loading [start, end) beats recomputing.
+
+        Returns infinity when even the UB latency alone exceeds the
+        recompute time.
+        """
+        recompute_s = self.recompute_s(start_token, end_token)
+        if recompute_s <= self._pool_latency_s:
+            return math.inf
+        kv_bytes = (end_token - start_token) * self._kv_bytes_per_token
+        npus = self.profiles.deployment.prefill_npus_per_instance
+        return kv_bytes / (recompute_s - self._pool_latency_s) / npus / _GB
+
     def kv_transfer_s(self, tokens: int) -> float:
         """Time to move `tokens` of KV cache from prefill to decode over RDMA.
 
@@ -280,6 +343,17 @@ class CostModel:
         head for its own sequences, so it holds all of them, plus its share
         of the experts in every MoE layer and in the MTP module.
         """
+        return self._resident_weight_bytes(self._experts_per_die())
+
+    def prefill_resident_weight_bytes_per_die(self) -> float:
+        """Weights one prefill die keeps in HBM, counted as for a decode die."""
+        model = self.profiles.model
+        experts = model.num_routed_experts + model.num_shared_experts
+        return self._resident_weight_bytes(
+            max(1, math.ceil(experts / self._prefill_dies))
+        )
+
+    def _resident_weight_bytes(self, experts_per_die: int) -> float:
         model = self.profiles.model
         layers = model.num_layers + model.mtp_modules
         moe_layers = model.num_moe_layers + model.mtp_modules
@@ -287,7 +361,7 @@ class CostModel:
             model.attention_params_per_layer * layers
             + model.dense_ffn_params * model.num_dense_layers
             + 2 * model.vocab_size * model.hidden_size
-            + model.expert_params * moe_layers * self._experts_per_die()
+            + model.expert_params * moe_layers * experts_per_die
         )
         return float(params * self._weight_bytes)
 

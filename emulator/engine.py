@@ -2,9 +2,16 @@
 
 Requests flow as in a PD-disaggregated deployment:
 
-1. arrival -> the least-loaded prefill instance's FIFO queue;
+1. arrival -> the prefill instance that the router picks (see
+   `emulator.routing`) -> its FIFO queue;
 2. prefill in iterations of at most `prefill_batch_tokens` prompt tokens
-   (long prompts are chunked across iterations);
+   (long prompts are chunked across iterations). When a request's first
+   iteration starts, it claims the longest chain of its prompt's leading
+   blocks found in the prefix cache, first in the instance's HBM and then
+   in the DRAM pool (see `emulator.cache`). Only the rest is prefilled.
+   Pool blocks are used only where loading them beats recomputing them,
+   and the iteration first waits for their load. When the request's
+   prefill ends, its blocks are cached;
 3. KV transfer to a decode instance over RDMA; the first output token, made
    by prefill, is released when the transfer ends, so TTFT includes it;
 4. continuous batching on the decode instance (see `emulator.decode`):
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emulator.cache import CacheMatch, InvalidPrefix, PrefixCache, cache_block_keys
 from emulator.core import EventQueue
 from emulator.costs import CostModel, PrefillChunk
 from emulator.decode import DecodeInstance
@@ -36,10 +44,12 @@ from emulator.records import (
     RequestTooLarge,
     TokenSink,
 )
+from emulator.routing import make_router
 
 __all__ = [
     "DecodeInstance",
     "EngineObserver",
+    "InvalidPrefix",
     "NoInstanceAvailable",
     "PrefillInstance",
     "RequestRecord",
@@ -66,6 +76,9 @@ class SupernodeMetrics:
     decode_tokens_generated: tuple[int, ...]
     decode_waiting_requests: tuple[int, ...] = ()
     decode_kv_blocks_used: tuple[int, ...] = ()
+    # Prefix cache blocks held in each prefill instance's HBM and in the pool.
+    prefix_cache_hbm_blocks_used: tuple[int, ...] = ()
+    prefix_cache_pool_blocks_used: int = 0
 
 
 def request_problem(
@@ -135,18 +148,21 @@ class PrefillInstance:
             self.queued_tokens -= record.tokens_to_prefill - record.prefilled_tokens
 
     def _start_iteration(self) -> None:
-        events = self._supernode.events
-        budget = self._supernode.profiles.deployment.prefill_batch_tokens
+        supernode = self._supernode
+        events = supernode.events
+        budget = supernode.profiles.deployment.prefill_batch_tokens
         planned: list[tuple[RequestRecord, PrefillChunk]] = []
+        pool_tokens = 0
         for record in self._queue:
             if budget <= 0:
                 break
+            if record.prefill_started_s is None:
+                pool_tokens += supernode.claim_prefix(record, self)
+                record.prefill_started_s = events.now_s
             remaining = record.tokens_to_prefill - record.prefilled_tokens
             take = min(remaining, budget)
             start = record.cached_tokens + record.prefilled_tokens
             planned.append((record, PrefillChunk(start, start + take)))
-            if record.prefill_started_s is None:
-                record.prefill_started_s = events.now_s
             budget -= take
         if not planned:
             self._busy = False
@@ -154,7 +170,11 @@ class PrefillInstance:
 
         self._busy = True
         chunks = [chunk for _, chunk in planned]
-        duration_s = self._supernode.costs.prefill_s(chunks) * self.slowdown
+        # Blocks loaded from the pool must arrive before the iteration's
+        # compute can use them, so the load adds to the iteration's time.
+        duration_s = supernode.costs.pool_load_s(pool_tokens)
+        duration_s += supernode.costs.prefill_s(chunks)
+        duration_s *= self.slowdown
         events.schedule_in(duration_s, lambda: self._end_iteration(planned, duration_s))
 
     def _end_iteration(
@@ -170,6 +190,7 @@ class PrefillInstance:
             if record.prefilled_tokens >= record.tokens_to_prefill:
                 self._queue.remove(record)
                 record.prefill_ended_s = now_s
+                self._supernode.store_prefix(record)
                 self._supernode.on_prefill_done(record)
         for observer in self._supernode.observers:
             observer.on_prefill_iteration(self.index, now_s, duration_s, tokens)
@@ -207,14 +228,19 @@ class Supernode:
         self.decode = [
             DecodeInstance(i, self) for i in range(deployment.decode_instances)
         ]
+        self.cache = (
+            PrefixCache.from_profiles(profiles) if deployment.prefix_caching else None
+        )
+        self.router = make_router(deployment.routing_policy, self.cache)
         self.active_requests = 0
 
     def submit(self, spec: RequestSpec, sink: TokenSink) -> RequestRecord:
         """Accept a request arriving now; its output goes to `sink`.
 
         Raises NoInstanceAvailable when every prefill instance is marked
-        unavailable, and RequestTooLarge when the request's KV cache at its
-        full length exceeds the memory of one decode die.
+        unavailable, RequestTooLarge when the request's KV cache at its full
+        length exceeds the memory of one decode die, and InvalidPrefix when
+        its prefix block hashes do not fit its prompt.
         """
         candidates = [p for p in self.prefill if p.available]
         if not candidates:
@@ -229,10 +255,18 @@ class Supernode:
                 f"{decode.kv_block_tokens} tokens but a decode die has room "
                 f"for {decode.kv_blocks_per_die}"
             )
+        # Computed even with caching off, to check the hashes the same way.
+        keys = cache_block_keys(
+            spec.prefix_block_hashes,
+            spec.block_tokens,
+            spec.input_tokens,
+            self.profiles.deployment.cache_block_tokens,
+        )
         record = RequestRecord(spec=spec, sink=sink, arrival_s=self.events.now_s)
         record.kv_blocks = blocks
+        record.cache_keys = keys if self.cache is not None else ()
         self.active_requests += 1
-        instance = min(candidates, key=lambda p: (p.queued_tokens, p.index))
+        instance = self.router.choose(record, candidates)
         instance.enqueue(record)
         logger.debug("request %s -> prefill %d", spec.request_id, instance.index)
         return record
@@ -248,7 +282,54 @@ class Supernode:
             decode_tokens_generated=tuple(d.tokens_generated for d in self.decode),
             decode_waiting_requests=tuple(d.waiting_requests for d in self.decode),
             decode_kv_blocks_used=tuple(d.kv_blocks_used for d in self.decode),
+            prefix_cache_hbm_blocks_used=(
+                () if self.cache is None else tuple(len(t) for t in self.cache.hbm)
+            ),
+            prefix_cache_pool_blocks_used=(
+                0 if self.cache is None else len(self.cache.pool)
+            ),
         )
+
+    def claim_prefix(self, record: RequestRecord, instance: PrefillInstance) -> int:
+        """Reuse the request's cached leading blocks; return the pool tokens to load.
+
+        Takes the longest chain found in the instance's HBM and then in the
+        pool, short of the prompt's last token. The pool's part is kept only
+        when loading it is faster than recomputing it. Sets the request's
+        cached token counts and load time and lowers the instance's queued
+        tokens.
+        """
+        cache = self.cache
+        keys = record.cache_keys
+        if cache is None or not keys:
+            return 0
+        block_tokens = cache.block_tokens
+        usable = (record.spec.input_tokens - 1) // block_tokens
+        found = cache.match(instance.index, keys)
+        hbm_blocks = min(found.hbm_blocks, usable)
+        found_in_pool = min(found.pool_blocks, usable - hbm_blocks)
+        pool_blocks = found_in_pool
+        start, end = (
+            hbm_blocks * block_tokens,
+            (hbm_blocks + pool_blocks) * block_tokens,
+        )
+        if pool_blocks and not self.costs.pool_load_is_cheaper(start, end):
+            pool_blocks = 0
+        cache.claim(
+            instance.index, keys, CacheMatch(hbm_blocks, pool_blocks), found_in_pool
+        )
+
+        record.cached_tokens_hbm = hbm_blocks * block_tokens
+        record.cached_tokens_pool = pool_blocks * block_tokens
+        record.cached_tokens = record.cached_tokens_hbm + record.cached_tokens_pool
+        record.cache_load_s = self.costs.pool_load_s(record.cached_tokens_pool)
+        instance.queued_tokens -= record.cached_tokens
+        return record.cached_tokens_pool
+
+    def store_prefix(self, record: RequestRecord) -> None:
+        """Cache the blocks of a request whose prefill has just ended."""
+        if self.cache is not None and record.cache_keys:
+            self.cache.store(record.prefill_instance, record.cache_keys)
 
     def cancel(self, record: RequestRecord) -> None:
         """Drop a request wherever it is; it produces no more tokens."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,8 +24,10 @@ __all__ = [
     "DeploymentConfig",
     "HardwareProfile",
     "ModelProfile",
+    "PoolWritePolicy",
     "Precision",
     "Profiles",
+    "RoutingPolicy",
     "default_profiles",
     "deployment_from_mapping",
     "load_deployment",
@@ -35,6 +38,10 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+# Deployment fields whose default is null, meaning "derive from the profiles".
+_NULLABLE_FIELDS = frozenset(
+    {"tpot_slo_ms", "hbm_cache_gb_per_die", "pool_capacity_gb"}
+)
 
 
 class Precision(enum.Enum):
@@ -46,6 +53,28 @@ class Precision(enum.Enum):
     @property
     def bytes_per_element(self) -> int:
         return 2 if self is Precision.BF16 else 1
+
+
+class RoutingPolicy(enum.Enum):
+    """Policy by which the router picks a prefill instance for a new request."""
+
+    # Least queued prefill work after subtracting the prompt tokens that the
+    # instance's HBM already caches.
+    CACHE_AWARE = "cache_aware"
+    # Least queued prefill tokens, ignoring the cache.
+    LEAST_LOADED = "least_loaded"
+    # Each available instance in turn.
+    ROUND_ROBIN = "round_robin"
+
+
+class PoolWritePolicy(enum.Enum):
+    """When prefix blocks reach the shared DRAM pool."""
+
+    # Every block is copied to the pool when its request's prefill ends, so
+    # all prefill instances can load it at once.
+    WRITE_THROUGH = "write_through"
+    # Blocks reach the pool only when a prefill instance's HBM evicts them.
+    ON_EVICTION = "on_eviction"
 
 
 @dataclass(frozen=True)
@@ -65,10 +94,17 @@ class HardwareProfile:
     ub_latency_intra_node_us: float
     ub_latency_inter_node_us: float
     rdma_gbit_per_s_per_die: float
+    # NOTE: estimate, not a published figure: CPU DRAM per node that the
+    # disaggregated memory pool can use for cached KV blocks.
+    dram_gb_per_node: float = 1024.0
 
     @property
     def num_dies(self) -> int:
         return self.num_npus * self.dies_per_npu
+
+    @property
+    def num_nodes(self) -> int:
+        return math.ceil(self.num_npus / self.npus_per_node)
 
     def peak_flops_per_die(self, precision: Precision) -> float:
         """Peak dense operations per second of one die in `precision`."""
@@ -189,6 +225,27 @@ class DeploymentConfig:
     # TPOT of the larger batch stays within it.
     tpot_slo_ms: float | None = None
     seed: int = 0
+    # Prefix (context) caching: KV blocks of earlier prompts, kept in each
+    # prefill instance's HBM and in the supernode's DRAM pool, are reused
+    # instead of being prefilled again. See `emulator.cache`.
+    prefix_caching: bool = True
+    # Tokens per prefix cache block, the block size of the Mooncake traces.
+    # Trace blocks of another size are mapped as
+    # `emulator.cache.cache_block_keys` describes.
+    cache_block_tokens: int = 512
+    # HBM per prefill die for cached blocks; null means all the HBM left
+    # after the weights and `hbm_reserved_gb_per_die`.
+    hbm_cache_gb_per_die: float | None = None
+    # DRAM pool for cached blocks over the whole supernode; null means the
+    # hardware's `dram_gb_per_node` on every node.
+    pool_capacity_gb: float | None = None
+    pool_write_policy: PoolWritePolicy = PoolWritePolicy.WRITE_THROUGH
+    # Effective rate at which one prefill NPU reads cached blocks from the
+    # DRAM pool. Fitted by `emulator.calibration.fit_pool_read_rate` to the
+    # published 2.28x prefill throughput at 90% prefix reuse. The UB line
+    # rate (2 x 196 GB/s per NPU) is far higher.
+    pool_read_gb_per_s_per_npu: float = 1.09367
+    routing_policy: RoutingPolicy = RoutingPolicy.CACHE_AWARE
 
     def __post_init__(self) -> None:
         positive_ints = {
@@ -199,6 +256,7 @@ class DeploymentConfig:
             "max_batch_per_npu": self.max_batch_per_npu,
             "prefill_batch_tokens": self.prefill_batch_tokens,
             "kv_block_tokens": self.kv_block_tokens,
+            "cache_block_tokens": self.cache_block_tokens,
         }
         for name, value in positive_ints.items():
             if value < 1:
@@ -239,6 +297,17 @@ class DeploymentConfig:
             raise ConfigError(
                 f"deployment tpot_slo_ms must be positive or null, "
                 f"got {self.tpot_slo_ms}"
+            )
+        for name in ("hbm_cache_gb_per_die", "pool_capacity_gb"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(
+                    f"deployment {name} must be 0 or more, or null, got {value}"
+                )
+        if not self.pool_read_gb_per_s_per_npu > 0:
+            raise ConfigError(
+                "deployment pool_read_gb_per_s_per_npu must be positive, "
+                f"got {self.pool_read_gb_per_s_per_npu}"
             )
 
     def npus_used(self) -> int:
@@ -294,9 +363,9 @@ def deployment_from_mapping(
 ) -> DeploymentConfig:
     """Build a deployment from field values, as in a deployment file.
 
-    Precisions are given by name ("int8", "bf16"), `tpot_slo_ms` may be null,
-    and integral floats are accepted for integer fields. `where` names the
-    source in error messages.
+    Precisions and policies are given by name ("int8", "cache_aware"), the
+    fields whose default is null may be null, and integral floats are
+    accepted for integer fields. `where` names the source in error messages.
     """
     known = {f.name: f for f in dataclasses.fields(DeploymentConfig)}
     unknown = sorted(set(fields) - known.keys())
@@ -340,13 +409,18 @@ def profiles_to_json(profiles: Profiles) -> str:
 
 def _coerce_field(name: str, value: object, default: object, where: str) -> object:
     """Check one deployment value against the type of its default."""
-    if name == "tpot_slo_ms" and value is None:
+    if name in _NULLABLE_FIELDS and value is None:
         return None
-    if isinstance(default, Precision):
-        names = [p.value for p in Precision]
+    if isinstance(default, enum.Enum):
+        kind = type(default)
+        names = sorted(member.value for member in kind)
         if isinstance(value, str) and value in names:
-            return Precision(value)
+            return kind(value)
         raise ConfigError(f"{where}: {name} must be one of {names}, got {value!r}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, int) and not isinstance(default, bool):
         if is_number and float(value).is_integer():  # type: ignore[arg-type]
@@ -388,8 +462,12 @@ def _load(kind: type[_T], path: str | Path | None, bundled: str) -> _T:
     except json.JSONDecodeError as error:
         raise ConfigError(f"profile {where} is not valid JSON: {error}") from None
 
-    expected = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
-    missing = sorted(expected - fields.keys())
+    all_fields = dataclasses.fields(kind)  # type: ignore[arg-type]
+    expected = {f.name for f in all_fields}
+    # Fields with a default were added after the first profiles were
+    # written, so files without them still load.
+    required = {f.name for f in all_fields if f.default is dataclasses.MISSING}
+    missing = sorted(required - fields.keys())
     unknown = sorted(fields.keys() - expected)
     if missing or unknown:
         raise ConfigError(

@@ -102,9 +102,16 @@ class RequestRecord:
     last_token_s: float | None = None
     cancelled: bool = False
     finished: bool = False
+    # Prompt tokens reused from the prefix cache, in all and per tier, and
+    # the time spent loading the pool's share; set when prefill starts.
     cached_tokens: int = 0
+    cached_tokens_hbm: int = 0
+    cached_tokens_pool: int = 0
+    cache_load_s: float = 0.0
     kv_blocks: int = 0
     waiting_since_s: float = field(default=0.0, repr=False)
+    # Keys of the prompt's cacheable blocks (see `emulator.cache`).
+    cache_keys: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def tokens_to_prefill(self) -> int:
@@ -123,6 +130,7 @@ class RequestRecord:
 
     @property
     def prefill_s(self) -> float:
+        """Time from the first prefill iteration to the last, cache load included."""
         if self.prefill_started_s is None or self.prefill_ended_s is None:
             return 0.0
         return self.prefill_ended_s - self.prefill_started_s

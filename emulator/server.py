@@ -248,6 +248,9 @@ def _summary(record: RequestRecord) -> emulator_pb2.GenerateSummary:
         prefill_instance=max(record.prefill_instance, 0),
         decode_instance=max(record.decode_instance, 0),
         emulated_arrival_ms=arrival_s * 1e3,
+        cached_tokens_hbm=record.cached_tokens_hbm,
+        cached_tokens_pool=record.cached_tokens_pool,
+        emulated_cache_load_ms=record.cache_load_s * 1e3,
     )
     if record.tokens_out > 1:
         summary.emulated_tpot_ms = (last_s - first_s) * 1e3 / (record.tokens_out - 1)

@@ -13,9 +13,14 @@ wall clock take the values an ideal client would measure at speed-up 1:
   one-token output, or a rejected request).
 
 Requests that the gRPC server would reject get `INVALID_ARGUMENT` with the
-server's message; requests whose KV cache cannot fit a decode die get
-`RESOURCE_EXHAUSTED`. Rows are in the order the requests finished, rejected
-ones at their arrival.
+server's message, preceded by the trace row number; requests whose KV cache
+cannot fit a decode die get `RESOURCE_EXHAUSTED`. Rows are in the order the
+requests finished, rejected ones at their arrival.
+
+Requests carry the trace's prefix block hashes, so the prefix cache works
+as in `cmx serve`: `cached_tokens`, `cached_tokens_hbm`,
+`cached_tokens_pool` and `cache_load_ms` say what each request reused, and
+the summary gives the hit rates of the run.
 
 Beside RESULTS.parquet the run writes RESULTS.profiles.json (the hardware,
 model and deployment used) and, unless disabled, RESULTS.timeseries.parquet
@@ -37,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmx import __version__
+from emulator.cache import CacheStats
 from emulator.core import EventQueue
 from emulator.engine import RequestTooLarge, Supernode, request_problem
 from emulator.errors import ConfigError
@@ -124,7 +129,12 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class SimulationSummary:
-    """Counts and timings of a finished simulation."""
+    """Counts and timings of a finished simulation.
+
+    The token counts are summed over finished requests: `prompt_tokens` is
+    their input, and `cached_tokens_hbm` and `cached_tokens_pool` the part
+    reused from each cache tier. `cache` is None when prefix caching is off.
+    """
 
     requests: int
     finished: int
@@ -134,11 +144,23 @@ class SimulationSummary:
     output_path: Path
     profiles_path: Path
     timeseries_path: Path | None
+    prompt_tokens: int = 0
+    cached_tokens_hbm: int = 0
+    cached_tokens_pool: int = 0
+    cache: CacheStats | None = None
 
     @property
     def speedup(self) -> float:
         """Emulated seconds per wall second."""
         return self.emulated_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+    @property
+    def cached_token_share(self) -> float | None:
+        """Share of finished requests' prompt tokens reused from the cache."""
+        if not self.prompt_tokens:
+            return None
+        cached = self.cached_tokens_hbm + self.cached_tokens_pool
+        return cached / self.prompt_tokens
 
 
 def companion_path(output_path: Path, kind: str) -> Path:
@@ -203,8 +225,8 @@ def simulate(
     with _progress(show_progress) as advance:
         for request in _iter_requests(config):
             if first_arrival_ms is None:
-                first_arrival_ms = request[1]
-            arrival_s = (request[1] - first_arrival_ms) / 1e3
+                first_arrival_ms = request.arrival_ms
+            arrival_s = (request.arrival_ms - first_arrival_ms) / 1e3
             events.run_until(arrival_s)
             rows.extend(collector.finished)
             collector.finished.clear()
@@ -222,6 +244,8 @@ def simulate(
     wall_s = time.perf_counter() - started_at
     profiles_path = companion_path(config.output_path, "profiles")
     run_config = _run_config(config, profiles, emulated_s)
+    if supernode.cache is not None:
+        run_config["prefix_cache"] = _cache_config(supernode.cache.stats())
     _write_results(table, config.output_path, run_config)
     profiles_path.write_text(json.dumps(profiles_to_dict(profiles), indent=2) + "\n")
     timeseries_path = None
@@ -231,36 +255,46 @@ def simulate(
             timeseries_path, {RUN_CONFIG_KEY: json.dumps(run_config, sort_keys=True)}
         )
 
-    rejected_count = sum(isinstance(row, _Rejected) for row in rows)
+    records = [row for row in rows if isinstance(row, RequestRecord)]
     summary = SimulationSummary(
         requests=submitted,
-        finished=len(rows) - rejected_count,
-        rejected=rejected_count,
+        finished=len(records),
+        rejected=len(rows) - len(records),
         emulated_s=emulated_s,
         wall_s=time.perf_counter() - started_at,
         output_path=config.output_path,
         profiles_path=profiles_path,
         timeseries_path=timeseries_path,
+        prompt_tokens=sum(record.spec.input_tokens for record in records),
+        cached_tokens_hbm=sum(record.cached_tokens_hbm for record in records),
+        cached_tokens_pool=sum(record.cached_tokens_pool for record in records),
+        cache=None if supernode.cache is None else supernode.cache.stats(),
     )
     logger.info("simulation finished in %.2f s: %s", wall_s, summary)
     return summary
 
 
-_Request = tuple[str, float, int, int, int, int]
+@dataclass(frozen=True, slots=True)
+class _Request:
+    row: int
+    request_id: str
+    arrival_ms: float
+    input_tokens: int
+    output_tokens: int
+    prefix_block_hashes: tuple[int, ...]
+    block_tokens: int
 
 
 def _iter_requests(config: SimulationConfig) -> Iterator[_Request]:
-    """Yield (id, arrival_ms, input, output, hashes, block_tokens) in order."""
+    """Yield the trace's requests in order, with their 1-based row numbers."""
     path = str(config.trace_path)
     previous_ms = -float("inf")
     first_ms: float | None = None
     count = 0
     row_number = 0
     for batch in iter_trace_batches(config.trace_path):
-        hashes = pc.list_value_length(batch.column("prefix_block_hashes")).to_pylist()
         columns = [batch.column(name).to_pylist() for name in _TRACE_COLUMNS]
-        columns[4] = hashes
-        for request_id, arrival_ms, inputs, outputs, hash_count, block in zip(
+        for request_id, arrival_ms, inputs, outputs, hashes, block in zip(
             *columns, strict=True
         ):
             row_number += 1
@@ -283,27 +317,52 @@ def _iter_requests(config: SimulationConfig) -> Iterator[_Request]:
             ):
                 return
             count += 1
-            yield request_id, arrival_ms, inputs, outputs, hash_count or 0, block
+            yield _Request(
+                row_number,
+                request_id,
+                arrival_ms,
+                inputs,
+                outputs,
+                tuple(hashes or ()),
+                block,
+            )
 
 
 def _submit(
     supernode: Supernode, collector: _Collector, request: _Request, arrival_s: float
 ) -> _Rejected | None:
-    request_id, arrival_ms, inputs, outputs, hash_count, block_tokens = request
     problem = request_problem(
-        inputs, outputs, hash_count, block_tokens, supernode.profiles
+        request.input_tokens,
+        request.output_tokens,
+        len(request.prefix_block_hashes),
+        request.block_tokens,
+        supernode.profiles,
     )
-    status = STATUS_INVALID_ARGUMENT
     if problem is None:
-        spec = RequestSpec(request_id, inputs, outputs, block_tokens=block_tokens)
+        spec = RequestSpec(
+            request.request_id,
+            request.input_tokens,
+            request.output_tokens,
+            prefix_block_hashes=request.prefix_block_hashes,
+            block_tokens=request.block_tokens,
+        )
         try:
             supernode.submit(spec, collector)
             return None
         except RequestTooLarge as error:
             problem = str(error)
             status = STATUS_RESOURCE_EXHAUSTED
+    else:
+        problem = f"trace row {request.row}: {problem}"
+        status = STATUS_INVALID_ARGUMENT
     return _Rejected(
-        request_id, arrival_ms, arrival_s * 1e3, inputs, outputs, status, problem
+        request.request_id,
+        request.arrival_ms,
+        arrival_s * 1e3,
+        request.input_tokens,
+        request.output_tokens,
+        status,
+        problem,
     )
 
 
@@ -363,6 +422,9 @@ def _record_values(record: RequestRecord, offset_ms: float) -> dict[str, object]
         "decode_instance": decode_instance,
         "normalized_latency_ms": normalized_ms,
         "measured": True,
+        "cached_tokens_hbm": record.cached_tokens_hbm,
+        "cached_tokens_pool": record.cached_tokens_pool,
+        "cache_load_ms": record.cache_load_s * 1e3,
     }
 
 
@@ -396,6 +458,20 @@ def _run_config(
         "emulated_s": emulated_s,
         "cmx_version": __version__,
         "profiles": profiles_to_dict(profiles),
+    }
+
+
+def _cache_config(stats: CacheStats) -> dict[str, object]:
+    return {
+        "block_tokens": stats.block_tokens,
+        "blocks_looked_up": stats.blocks_looked_up,
+        "hbm_hit_blocks": stats.hbm_hit_blocks,
+        "pool_hit_blocks": stats.pool_hit_blocks,
+        "pool_blocks_recomputed": stats.pool_blocks_recomputed,
+        "block_hit_rate": stats.block_hit_rate,
+        "hbm_evicted_blocks": stats.hbm_evicted_blocks,
+        "demoted_blocks": stats.demoted_blocks,
+        "pool_evicted_blocks": stats.pool_evicted_blocks,
     }
 
 

@@ -107,6 +107,9 @@ class ResultRow:
     concurrency_wait_ms: float | None = None
     measured: bool | None = None
     slo_met: bool | None = None
+    cached_tokens_hbm: int | None = None
+    cached_tokens_pool: int | None = None
+    cache_load_ms: float | None = None
 
 
 def parts_dir_for(path: str | Path) -> Path:

@@ -282,6 +282,9 @@ def build_row(
         ),
         concurrency_wait_ms=concurrency_wait_ms,
         measured=scheduled.measured,
+        cached_tokens_hbm=summary.cached_tokens_hbm if summary else None,
+        cached_tokens_pool=summary.cached_tokens_pool if summary else None,
+        cache_load_ms=summary.emulated_cache_load_ms if summary else None,
     )
     if not slos:
         return row

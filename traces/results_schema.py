@@ -34,6 +34,9 @@ timestamps, which count from the request's arrival at the emulator.
 | concurrency_wait_ms    | float64, null  | wait for a slot under --max-concurrency    |
 | measured               | bool, null     | false in the warm-up or cool-down          |
 | slo_met                | bool, null     | meets every SLO given; null without SLOs   |
+| cached_tokens_hbm      | int64, null    | cached_tokens found in the instance's HBM  |
+| cached_tokens_pool     | int64, null    | cached_tokens loaded from the DRAM pool    |
+| cache_load_ms          | float64, null  | emulated pool load time, in prefill_ms     |
 
 The columns from itl_ms_p50 on were added after schema version 1 first
 shipped. They are nullable, and readers select columns by name, so files with
@@ -102,6 +105,9 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("concurrency_wait_ms", pa.float64(), nullable=True),
         pa.field("measured", pa.bool_(), nullable=True),
         pa.field("slo_met", pa.bool_(), nullable=True),
+        pa.field("cached_tokens_hbm", pa.int64(), nullable=True),
+        pa.field("cached_tokens_pool", pa.int64(), nullable=True),
+        pa.field("cache_load_ms", pa.float64(), nullable=True),
     ]
 )
 

@@ -67,7 +67,11 @@ def test_simulate_writes_results_profiles_and_timeseries(tmp_path: Path) -> None
     prefill_tokens = sum(r["tokens"] for r in series if r["pool"] == "prefill")
     # Prefill makes each request's first token; decode makes the rest.
     assert decode_tokens == sum(received) - 60
-    assert prefill_tokens == sum(results.column("input_tokens").to_pylist())
+    # Prefill computes every prompt token that the prefix cache did not hold.
+    prompt_tokens = sum(results.column("input_tokens").to_pylist())
+    cached_tokens = sum(results.column("cached_tokens").to_pylist())
+    assert cached_tokens > 0  # later turns of a session share earlier blocks
+    assert prefill_tokens == prompt_tokens - cached_tokens
     assert all(
         r["kv_blocks_used"] <= r["kv_blocks_total"]
         for r in series
@@ -161,9 +165,11 @@ MEANS = (
     "SELECT avg(ttft_ms), avg(tpot_ms), count(*) FILTER (WHERE status = 'ok') "
     "FROM read_parquet(?)"
 )
+
 # Replay timing differs from virtual time by the send lag (a few ms of wall
 # time, times the time scale) and by the order of arrivals within it, which
-# shifts batching and the MTP draws a little.
+# shifts batching and the MTP draws a little. A time scale of 10 keeps that
+# shift small on a loaded machine; 50 failed once at a load average of 8.
 MEAN_TOLERANCE = 0.10
 
 
@@ -172,8 +178,8 @@ def test_simulate_agrees_with_replay(tmp_path: Path) -> None:
     simulated = tmp_path / "simulated.parquet"
     replayed = tmp_path / "replayed.parquet"
     assert main(["simulate", str(trace), "-o", str(simulated)]) == 0
-    with start_server(tmp_path / "server.log", time_scale=50.0) as target:
-        replay = ["replay", str(trace), "--target", target, "--speedup", "50"]
+    with start_server(tmp_path / "server.log", time_scale=10.0) as target:
+        replay = ["replay", str(trace), "--target", target, "--speedup", "10"]
         assert main([*replay, "-o", str(replayed)]) == 0
 
     connection = duckdb.connect()
