@@ -33,7 +33,7 @@ class TokenChunk(_message.Message):
     def __init__(self, first_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., emulated_ms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GenerateSummary(_message.Message):
-    __slots__ = ("request_id", "output_tokens", "emulated_ttft_ms", "emulated_tpot_ms", "emulated_e2e_ms", "emulated_queue_ms", "emulated_prefill_ms", "emulated_kv_transfer_ms", "cached_tokens", "prefill_instance", "decode_instance", "emulated_arrival_ms")
+    __slots__ = ("request_id", "output_tokens", "emulated_ttft_ms", "emulated_tpot_ms", "emulated_e2e_ms", "emulated_queue_ms", "emulated_prefill_ms", "emulated_kv_transfer_ms", "cached_tokens", "prefill_instance", "decode_instance", "emulated_arrival_ms", "faults", "restarts")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EMULATED_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class GenerateSummary(_message.Message):
     PREFILL_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     DECODE_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     EMULATED_ARRIVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     output_tokens: int
     emulated_ttft_ms: float
@@ -58,7 +60,9 @@ class GenerateSummary(_message.Message):
     prefill_instance: int
     decode_instance: int
     emulated_arrival_ms: float
-    def __init__(self, request_id: _Optional[str] = ..., output_tokens: _Optional[int] = ..., emulated_ttft_ms: _Optional[float] = ..., emulated_tpot_ms: _Optional[float] = ..., emulated_e2e_ms: _Optional[float] = ..., emulated_queue_ms: _Optional[float] = ..., emulated_prefill_ms: _Optional[float] = ..., emulated_kv_transfer_ms: _Optional[float] = ..., cached_tokens: _Optional[int] = ..., prefill_instance: _Optional[int] = ..., decode_instance: _Optional[int] = ..., emulated_arrival_ms: _Optional[float] = ...) -> None: ...
+    faults: _containers.RepeatedScalarFieldContainer[str]
+    restarts: int
+    def __init__(self, request_id: _Optional[str] = ..., output_tokens: _Optional[int] = ..., emulated_ttft_ms: _Optional[float] = ..., emulated_tpot_ms: _Optional[float] = ..., emulated_e2e_ms: _Optional[float] = ..., emulated_queue_ms: _Optional[float] = ..., emulated_prefill_ms: _Optional[float] = ..., emulated_kv_transfer_ms: _Optional[float] = ..., cached_tokens: _Optional[int] = ..., prefill_instance: _Optional[int] = ..., decode_instance: _Optional[int] = ..., emulated_arrival_ms: _Optional[float] = ..., faults: _Optional[_Iterable[str]] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("chunk", "summary")
