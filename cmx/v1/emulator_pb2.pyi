@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "input_tokens", "output_tokens", "prefix_block_hashes", "block_tokens", "session_id")
+    __slots__ = ("request_id", "input_tokens", "output_tokens", "prefix_block_hashes", "block_tokens", "session_id", "prompt_token_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     input_tokens: int
     output_tokens: int
     prefix_block_hashes: _containers.RepeatedScalarFieldContainer[int]
     block_tokens: int
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., block_tokens: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., block_tokens: _Optional[int] = ..., session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("first_index", "token_ids", "emulated_ms")
