@@ -28,6 +28,8 @@ timestamps, which count from the request's arrival at the emulator.
 | cached_tokens          | int64, null    | as queue_ms                                |
 | prefill_instance       | int64, null    | as queue_ms                                |
 | decode_instance        | int64, null    | as queue_ms                                |
+| faults                 | list<string>   | "ID:KIND" of injected faults that touched  |
+|                        |                | the request; empty when none               |
 
 The emulated latencies of a stream whose n tokens carry the timestamps
 t_1 <= ... <= t_n are defined once, in `emulated_latencies`:
@@ -108,6 +110,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("cached_tokens", pa.int64(), nullable=True),
         pa.field("prefill_instance", pa.int64(), nullable=True),
         pa.field("decode_instance", pa.int64(), nullable=True),
+        pa.field("faults", pa.list_(pa.string()), nullable=False),
     ]
 )
 
@@ -167,6 +170,7 @@ class ResultRow:
     cached_tokens: int | None
     prefill_instance: int | None
     decode_instance: int | None
+    faults: tuple[str, ...] = ()
 
 
 def parts_dir_for(path: str | Path) -> Path:

@@ -209,6 +209,7 @@ def build_row(
         cached_tokens=summary.cached_tokens if summary else None,
         prefill_instance=summary.prefill_instance if summary else None,
         decode_instance=summary.decode_instance if summary else None,
+        faults=outcome.faults,
     )
 
 
