@@ -85,10 +85,11 @@ class ServerStats:
     """Counters of the Generate streams, since the server started or was reset."""
 
     def __init__(self) -> None:
+        self.open_streams = 0
         self.reset()
 
     def reset(self) -> None:
-        self.open_streams = 0
+        """Zero the counters; `open_streams` is a gauge and keeps its value."""
         self.requests_by_status: collections.Counter[str] = collections.Counter()
         self.prompt_tokens_total = 0
         self.cached_prompt_tokens_total = 0

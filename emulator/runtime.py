@@ -43,6 +43,13 @@ __all__ = ["AdmissionRejected", "PacedRuntime", "RescalableClock"]
 logger = logging.getLogger(__name__)
 
 
+# Shortest wall time the run loop sleeps before an event that is not yet due.
+# At high time scales decode steps come every fraction of a millisecond;
+# running them in batches of about a millisecond saves a loop iteration per
+# step, and token times stay exact because every event keeps its due time.
+_MIN_WAKE_S = 0.001
+
+
 class AdmissionRejected(EmulatorError):
     """The admission limits are reached; the message says which one."""
 
@@ -161,7 +168,8 @@ class PacedRuntime:
                 # the wait ends, which left stop() waiting forever.
                 timer = None
                 if timeout_s is not None:
-                    timer = loop.call_later(timeout_s, self._wakeup.set)
+                    wake_in_s = max(timeout_s, _MIN_WAKE_S)
+                    timer = loop.call_later(wake_in_s, self._wakeup.set)
                 try:
                     await self._wakeup.wait()
                 finally:
@@ -235,10 +243,11 @@ class PacedRuntime:
     def release(self, session: RequestSession) -> None:
         """Take an ended stream's request out of the model, wherever it is."""
         if session in self.sessions:
-            self.advance()
-            self._cancel_in_model(session)
             self.sessions.discard(session)
-            self._wakeup.set()
+            if session.in_model:
+                self.advance()
+                self._cancel_in_model(session)
+                self._wakeup.set()
 
     def _cancel_in_model(self, session: RequestSession) -> None:
         record = session.record

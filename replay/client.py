@@ -91,7 +91,8 @@ class Outcome:
     token is not the end of its output. `summary` is None unless ok.
     `faults` are the "ID:KIND" labels of the injected faults that touched
     the request, from the summary or, for a failed stream, its trailing
-    metadata.
+    metadata. `messages_received` counts the last attempt's stream messages,
+    chunks and summary.
     """
 
     status: str
@@ -104,6 +105,7 @@ class Outcome:
     summary: emulator_pb2.GenerateSummary | None
     faults: tuple[str, ...] = ()
     attempts: int = 1
+    messages_received: int = 0
 
 
 @dataclass(frozen=True)
@@ -236,8 +238,10 @@ class _Attempt:
         self.sent_at_s = time.perf_counter()
         self.timeline = _TokenTimeline()
         self.summary: emulator_pb2.GenerateSummary | None = None
+        self.messages = 0
 
     def receive(self, response: emulator_pb2.GenerateResponse) -> None:
+        self.messages += 1
         kind = response.WhichOneof("kind")
         if kind == "chunk":
             self.timeline.add_chunk(response.chunk.emulated_ms, time.perf_counter())
@@ -271,6 +275,7 @@ class _Attempt:
             latencies=latencies,
             summary=summary,
             faults=_faults(summary, metadata),
+            messages_received=self.messages,
         )
 
 
@@ -446,6 +451,7 @@ def _final(outcome: Outcome, first_sent_at_s: float, attempts: int) -> Outcome:
         summary=outcome.summary,
         faults=outcome.faults,
         attempts=attempts,
+        messages_received=outcome.messages_received,
     )
 
 

@@ -1,0 +1,171 @@
+"""Generate throughput: the emulator against a bare grpc.aio echo server.
+
+Both servers run as child processes on loopback and are driven by the same
+asyncio client (`replay.client.AsyncEmulatorClient`) with the same requests
+and concurrency, in alternating rounds of one run. The echo server answers
+each call at once with as many stream messages as the emulator sent per call
+in the round before (token chunks, then a summary), so the two differ only
+in what the emulator does: admission, the model, pacing and chunking. The
+script prints requests per second for each round and the median ratio
+(goal: the emulator at least 0.6x the echo server).
+
+    .venv/bin/python benchmarks/generate_throughput.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.servers import start_cmx_serve, start_process  # noqa: E402
+from cmx.v1 import emulator_pb2, emulator_pb2_grpc  # noqa: E402
+from replay.client import AsyncEmulatorClient  # noqa: E402
+
+
+class EchoEmulator(emulator_pb2_grpc.EmulatorServicer):
+    """Answers Generate with `messages` messages at once: chunks, then a summary."""
+
+    def __init__(self, messages: int) -> None:
+        self._chunks = max(messages - 1, 1)
+
+    async def Generate(  # noqa: N802 - name fixed by the generated servicer
+        self,
+        request: emulator_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[emulator_pb2.GenerateResponse]:
+        tokens = request.output_tokens
+        per_chunk = -(-tokens // self._chunks)
+        first = 0
+        for _ in range(self._chunks):
+            count = max(0, min(per_chunk, tokens - first))
+            yield emulator_pb2.GenerateResponse(
+                chunk=emulator_pb2.TokenChunk(
+                    first_index=first,
+                    token_ids=list(range(first, first + count)),
+                    emulated_ms=[float(i) for i in range(first, first + count)],
+                )
+            )
+            first += count
+        yield emulator_pb2.GenerateResponse(
+            summary=emulator_pb2.GenerateSummary(
+                request_id=request.request_id, output_tokens=tokens
+            )
+        )
+
+
+async def serve_echo(messages: int) -> None:
+    server = grpc.aio.server()
+    emulator_pb2_grpc.add_EmulatorServicer_to_server(EchoEmulator(messages), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"echo server: listening on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+async def drive(
+    args: argparse.Namespace, target: str
+) -> tuple[float, float, Counter[str]]:
+    """Send `args.requests` calls, `args.concurrency` at a time.
+
+    Returns requests per second, stream messages per call (counting the
+    summary) and the statuses.
+    """
+    statuses: Counter[str] = Counter()
+    messages = 0
+    async with AsyncEmulatorClient(target) as client:
+        await client.wait_ready(10)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(args.requests):
+            queue.put_nowait(index)
+
+        async def worker() -> None:
+            nonlocal messages
+            while not queue.empty():
+                index = queue.get_nowait()
+                request = emulator_pb2.GenerateRequest(
+                    request_id=f"bench-{index}",
+                    input_tokens=args.input_tokens,
+                    output_tokens=args.output_tokens,
+                )
+                outcome = await client.generate(request, timeout_s=60)
+                statuses[outcome.status] += 1
+                messages += outcome.messages_received
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - started
+    return args.requests / elapsed, messages / args.requests, statuses
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--time-scale", type=float, default=100.0)
+    parser.add_argument("--input-tokens", type=int, default=1024)
+    parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument(
+        "--serve-echo", type=int, metavar="MESSAGES", help=argparse.SUPPRESS
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.serve_echo is not None:
+        asyncio.run(serve_echo(args.serve_echo))
+        return
+
+    log_dir = Path(tempfile.mkdtemp(prefix="cmx-bench-"))
+    print(
+        f"{args.requests} requests of {args.input_tokens} prompt and "
+        f"{args.output_tokens} output tokens, {args.concurrency} at a time; "
+        f"emulator time scale {args.time_scale:g}"
+    )
+    emulator_args = ["--time-scale", str(args.time_scale)]
+    with start_cmx_serve(log_dir / "emulator.log", *emulator_args) as emulator:
+        warmup = argparse.Namespace(**{**vars(args), "requests": args.requests // 3})
+        _, messages_per_call, _ = asyncio.run(drive(warmup, emulator.target))
+        messages = round(messages_per_call)
+        print(f"emulator sends {messages_per_call:.2f} messages per call (warm-up)")
+        echo_command = [sys.executable, __file__, "--serve-echo", str(messages)]
+        with start_process(echo_command, log_dir / "echo.log") as echo:
+            ratios = [
+                run_round(args, emulator.target, echo.target, n)
+                for n in range(1, args.rounds + 1)
+            ]
+    print(
+        f"median ratio emulator / echo: {statistics.median(ratios):.2f} "
+        f"(goal >= 0.6; rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+
+
+def run_round(args: argparse.Namespace, emulator: str, echo: str, number: int) -> float:
+    emulator_rate, emulator_messages, emulator_statuses = asyncio.run(
+        drive(args, emulator)
+    )
+    echo_rate, echo_messages, echo_statuses = asyncio.run(drive(args, echo))
+    print(
+        f"round {number}: emulator {emulator_rate:7.0f} calls/s "
+        f"({emulator_messages:.2f} messages/call, {dict(emulator_statuses)}); "
+        f"echo {echo_rate:7.0f} calls/s ({echo_messages:.2f} messages/call, "
+        f"{dict(echo_statuses)}); ratio {emulator_rate / echo_rate:.2f}",
+        flush=True,
+    )
+    return emulator_rate / echo_rate
+
+
+if __name__ == "__main__":
+    main()
