@@ -2,10 +2,10 @@
 
 Both servers run as child processes on loopback and are driven by the same
 asyncio client (`replay.client.AsyncEmulatorClient`) with the same requests
-and concurrency, in alternating rounds of one run. The echo server answers
+and concurrency, in alternating rounds of one run. The echo server replies to
 each call at once with as many stream messages as the emulator sent per call
-in the round before (token chunks, then a summary), so the two differ only
-in what the emulator does: admission, the model, pacing and chunking. The
+in a warm-up round (token chunks, then a summary), so the two differ only
+in the work of the emulator: admission, the model, pacing and chunking. The
 script prints requests per second for each round and the median ratio
 (goal: the emulator at least 0.6x the echo server).
 
@@ -34,7 +34,7 @@ from replay.client import AsyncEmulatorClient  # noqa: E402
 
 
 class EchoEmulator(emulator_pb2_grpc.EmulatorServicer):
-    """Answers Generate with `messages` messages at once: chunks, then a summary."""
+    """Fake Emulator that sends `messages` messages at once: chunks, then a summary."""
 
     def __init__(self, messages: int) -> None:
         self._chunks = max(messages - 1, 1)

@@ -5,7 +5,7 @@ paths run too, sends Generate calls at a fixed rate with the asyncio client
 for `--duration-s` seconds, and prints the server's resident memory every
 `--sample-s` seconds. At the end it prints the first and last samples of the
 second half and the slope of a least-squares line through them, in MiB per
-minute; flat memory shows as a slope near 0.
+minute. Flat memory shows as a slope near 0.
 
     .venv/bin/python benchmarks/soak.py --duration-s 660
 """

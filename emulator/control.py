@@ -128,9 +128,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 def fault_spec_from_proto(message: control_pb2.FaultSpec) -> FaultSpec:
     """Convert a FaultSpec message; raises FaultError when its kind is missing."""
-    which = message.WhichOneof("kind")
+    kind_name = message.WhichOneof("kind")
     kind: FaultKind
-    if which == "slow_instance":
+    if kind_name == "slow_instance":
         slow = message.slow_instance
         kind = SlowInstance(
             pool=_pool(slow.pool, "slow_instance.pool"),
@@ -138,14 +138,14 @@ def fault_spec_from_proto(message: control_pb2.FaultSpec) -> FaultSpec:
             slowdown=slow.slowdown,
             die=slow.die if slow.HasField("die") else None,
         )
-    elif which == "failed_instance":
+    elif kind_name == "failed_instance":
         failed = message.failed_instance
         kind = FailedInstance(
             pool=_pool(failed.pool, "failed_instance.pool"), instance=failed.instance
         )
-    elif which == "network_latency":
+    elif kind_name == "network_latency":
         kind = NetworkLatency(latency_ms=message.network_latency.latency_ms)
-    elif which == "drop_streams":
+    elif kind_name == "drop_streams":
         drop = message.drop_streams
         kind = DropStreams(probability=drop.probability, after_tokens=drop.after_tokens)
     else:
@@ -283,6 +283,14 @@ def metrics_to_proto(snapshot: MetricsSnapshot) -> control_pb2.Metrics:
     return message
 
 
+async def _reject(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
+) -> None:
+    """Log a rejected control call and end it with `code`."""
+    logger.info("control call rejected with %s: %s", code.name, details)
+    await context.abort(code, details)
+
+
 class ControlService(control_pb2_grpc.ControlServicer):
     """Implements `cmx.v1.Control` on a runtime and the stream counters."""
 
@@ -319,7 +327,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 runtime.reset(profiles)
                 self._stats.reset()
         except EmulatorError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await _reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         runtime.admission = admission
         if request.failed_instance_policy in _POLICIES:
             runtime.failed_instance_policy = _POLICIES[request.failed_instance_policy]
@@ -334,7 +342,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         try:
             self._runtime.set_time_scale(request.time_scale)
         except ConfigError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await _reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         logger.info("time scale set to %g", request.time_scale)
         return self._config()
 
@@ -346,9 +354,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
         try:
             entry = self._runtime.inject_fault(fault_spec_from_proto(request.fault))
         except FaultIdInUse as error:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
+            await _reject(context, grpc.StatusCode.ALREADY_EXISTS, str(error))
         except FaultError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await _reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return fault_to_proto(entry)
 
     async def ClearFaults(  # noqa: N802
@@ -361,7 +369,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
         )
         unknown = sorted(set(request.fault_ids) - set(cleared))
         if unknown:
-            await context.abort(
+            await _reject(
+                context,
                 grpc.StatusCode.NOT_FOUND,
                 f"no pending or active fault has id {', '.join(unknown)}; "
                 f"cleared {', '.join(cleared) or 'none'}",
@@ -382,7 +391,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         try:
             self._runtime.load_fault_schedule(schedule_from_proto(request.schedule))
         except FaultError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await _reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return self._fault_list()
 
     async def Reset(  # noqa: N802
@@ -391,7 +400,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         try:
             aborted = self._runtime.reset()
         except FaultError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            await _reject(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
         self._stats.reset()
         return control_pb2.ResetResponse(aborted_streams=aborted)
 

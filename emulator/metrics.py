@@ -1,6 +1,6 @@
 """Metrics of a running emulator: counters, a snapshot, and Prometheus export.
 
-`ServerStats` counts what the gRPC layer sees (streams, statuses, tokens).
+`ServerStats` counts the streams, statuses and tokens of the gRPC layer.
 `collect_metrics` combines it with the model's state into a frozen
 `MetricsSnapshot`, which the control service returns and `MetricsExporter`
 serves in the Prometheus text format over HTTP.
@@ -42,7 +42,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RATE_WINDOW_S = 10
-# Longest wait of a scrape for the event loop to take the snapshot.
+# Maximum wait of a scrape for the event loop to take the snapshot.
 _SCRAPE_TIMEOUT_S = 5.0
 
 
@@ -211,9 +211,10 @@ def collect_metrics(runtime: PacedRuntime, stats: ServerStats) -> MetricsSnapsho
 def _kv_tokens_by_instance(runtime: PacedRuntime) -> tuple[list[int], list[int]]:
     """KV cache tokens held for active requests, per prefill and decode instance.
 
-    A request holds its cached and prefilled prompt tokens on its prefill
-    instance until it reaches a decode instance (so also during the KV
-    transfer), and then its prompt and output so far on the decode instance.
+    Until a request reaches a decode instance (so also during the KV
+    transfer), its cached and prefilled prompt tokens count on its prefill
+    instance. After that, its prompt and output so far count on the decode
+    instance.
     """
     prefill = [0] * len(runtime.supernode.prefill)
     decode = [0] * len(runtime.supernode.decode)
@@ -370,8 +371,8 @@ def _instance_metrics(instances: tuple[InstanceSnapshot, ...]) -> Iterator[Metri
 class MetricsExporter:
     """Prometheus text format over HTTP at `/metrics`, from a thread.
 
-    Each scrape asks the event loop for a fresh snapshot, so the figures are
-    exact at scrape time and the model is only read on its own thread.
+    Each scrape requests a fresh snapshot from the event loop, so the figures
+    are exact at scrape time and the model is only read on its own thread.
     """
 
     def __init__(

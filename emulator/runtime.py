@@ -43,15 +43,15 @@ __all__ = ["AdmissionRejected", "PacedRuntime", "RescalableClock"]
 logger = logging.getLogger(__name__)
 
 
-# Shortest wall time the run loop sleeps before an event that is not yet due.
-# At high time scales decode steps come every fraction of a millisecond;
+# Minimum wall time the run loop sleeps before an event that is not yet due.
+# At high time scales decode steps come every fraction of a millisecond, so
 # running them in batches of about a millisecond saves a loop iteration per
-# step, and token times stay exact because every event keeps its due time.
+# step. Token times stay exact because every event keeps its due time.
 _MIN_WAKE_S = 0.001
 
 
 class AdmissionRejected(EmulatorError):
-    """The admission limits are reached; the message says which one."""
+    """The admission limits are reached; the message names the limit."""
 
 
 class RescalableClock:
@@ -440,7 +440,7 @@ def _is_on(record: RequestRecord, pool: Pool, index: int) -> bool:
 
 
 def _needs(record: RequestRecord, pool: Pool) -> bool:
-    """Whether the request has still to pass through `pool`."""
+    """Return whether the request has still to pass through `pool`."""
     if pool is Pool.PREFILL:
         return record.prefill_ended_s is None
     return True

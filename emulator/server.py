@@ -1,9 +1,9 @@
 """gRPC server around the supernode model, paced against the wall clock.
 
 `start_emulator` builds and starts the `cmx.v1.Emulator` service with
-standard health checking and server reflection, the `cmx.v1.Control`
-service (on the same port, its own port, or not at all) and, when asked, a
-Prometheus metrics endpoint; it returns a `RunningEmulator` whose `shutdown`
+standard health checking and server reflection. It adds the `cmx.v1.Control`
+service (on the same port, its own port, or not at all) and, on request, a
+Prometheus metrics endpoint. It returns a `RunningEmulator` whose `shutdown`
 drains the streams. `run_server` serves until SIGINT or SIGTERM.
 """
 
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "cmx.v1.Emulator"
 CONTROL_SERVICE_NAME = "cmx.v1.Control"
 # Long prompts sent with explicit hashes or token ids exceed gRPC's 4 MiB
-# default; 64 MiB holds about 8M 8-byte hashes.
+# default; 64 MiB fits about 8M 8-byte hashes.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Trailing metadata key listing the faults that touched a stream.
 FAULTS_METADATA_KEY = "cmx-faults"
@@ -141,6 +141,7 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         else:
             code = grpc.StatusCode.INVALID_ARGUMENT
         if problem is not None:
+            logger.debug("request %s rejected: %s", request.request_id, problem)
             self._stats.requests_by_status[code.name] += 1
             await context.abort(code, problem)
 
@@ -152,6 +153,12 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
             async for item in self._serve(session):
                 if isinstance(item, StreamAbort):
                     ended_with = item.code
+                    logger.debug(
+                        "request %s ended with %s: %s",
+                        session.spec.request_id,
+                        item.code.name,
+                        item.details,
+                    )
                     await context.abort(
                         item.code, item.details, self._fault_metadata(session)
                     )

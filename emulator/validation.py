@@ -13,8 +13,8 @@ from emulator.profiles import Profiles
 
 __all__ = ["MAX_ID_CHARS", "prompt_tokens", "validate_request"]
 
-# Longest request_id or session_id accepted; ids are echoed in summaries and
-# results, and a longer one is almost certainly a client bug.
+# Maximum length of request_id and session_id. Ids are echoed in summaries
+# and results, and a longer one is almost certainly a client bug.
 MAX_ID_CHARS = 256
 
 

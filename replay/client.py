@@ -12,9 +12,9 @@ keep whatever tokens arrived before the failure, so that a load driver can
 write a row for every request it sent.
 
 Retries happen only where they are safe: when the call ended with a status
-in `RetryPolicy.retry_on` (UNAVAILABLE by default) before any token arrived,
-so the client has seen no output that a retry would repeat, and only within
-the call's deadline, which covers every attempt.
+in `RetryPolicy.retry_on` (UNAVAILABLE by default) before any token arrived.
+The client has then seen no output that a retry would repeat. Retries also
+stay within the call's deadline, which covers every attempt.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class RetryPolicy:
         object.__setattr__(self, "_rng", random.Random(self.seed))
 
     def should_retry(self, outcome: Outcome, attempt: int) -> bool:
-        """Whether `outcome` of attempt number `attempt` (from 1) is retried."""
+        """Return whether `outcome` of attempt number `attempt` (from 1) is retried."""
         return (
             attempt < self.max_attempts
             and outcome.status in self.retry_on
@@ -232,7 +232,7 @@ class _TokenTimeline:
 
 
 class _Attempt:
-    """What one Generate attempt received; turned into an Outcome at the end."""
+    """Tokens and summary received by one Generate attempt, for its Outcome."""
 
     def __init__(self) -> None:
         self.sent_at_s = time.perf_counter()

@@ -330,3 +330,50 @@ def test_deployment_null_for_required_field() -> None:
         ConfigError, match="deployment prefill_instances must not be null"
     ):
         deployment_from_mapping({"prefill_instances": None})
+
+
+def test_reflection_serves_control_like_grpcurl() -> None:
+    """Call InjectFault from JSON with descriptors fetched by reflection only."""
+    replies: list[dict[str, object]] = []
+
+    def call_from_json(target: str) -> None:
+        from google.protobuf import descriptor_pool, json_format, message_factory
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase,
+        )
+
+        with grpc.insecure_channel(target) as channel:
+            pool = descriptor_pool.DescriptorPool(
+                ProtoReflectionDescriptorDatabase(channel)
+            )
+            service = pool.FindServiceByName("cmx.v1.Control")
+            method = service.FindMethodByName("InjectFault")
+            request_class = message_factory.GetMessageClass(method.input_type)
+            reply_class = message_factory.GetMessageClass(method.output_type)
+            request = json_format.Parse(
+                '{"fault": {"slow_instance": '
+                '{"pool": "POOL_DECODE", "instance": 0, "slowdown": 2}}}',
+                request_class(),
+            )
+            call = channel.unary_unary(
+                "/cmx.v1.Control/InjectFault",
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=reply_class.FromString,
+            )
+            reply = call(request, timeout=10)
+            replies.append(json_format.MessageToDict(reply))
+
+    async def scenario(channel: grpc.aio.Channel, running: RunningEmulator) -> None:
+        await asyncio.to_thread(call_from_json, f"127.0.0.1:{running.port}")
+
+    run_scenario(scenario)
+    assert float(replies[0].pop("startsAtS")) > 0  # type: ignore[arg-type]
+    assert replies == [
+        {
+            "spec": {
+                "faultId": "f1",
+                "slowInstance": {"pool": "POOL_DECODE", "slowdown": 2.0},
+            },
+            "state": "FAULT_STATE_ACTIVE",
+        }
+    ]
