@@ -243,6 +243,12 @@ def _register_health(
         help="service name to check; empty for the whole server "
         "(default: cmx.v1.Emulator)",
     )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="connect with TLS, trusting the CA certificates in this file "
+        "(default: plaintext)",
+    )
     parser.set_defaults(run=_run_health)
 
 
@@ -250,7 +256,18 @@ def _run_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    if args.tls_ca is None:
+        channel = grpc.insecure_channel(args.target)
+    else:
+        try:
+            root_ca = Path(args.tls_ca).read_bytes()
+        except OSError as error:
+            raise ConfigError(
+                f"cannot read --tls-ca {args.tls_ca}: {error.strerror}"
+            ) from None
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_ca)
+        channel = grpc.secure_channel(args.target, credentials)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(

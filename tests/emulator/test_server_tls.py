@@ -96,3 +96,27 @@ def test_unreadable_tls_file_is_config_error(tmp_path: Path) -> None:
     tls = TlsFiles(cert_chain=tmp_path / "missing.pem", private_key=tmp_path / "k.pem")
     with pytest.raises(ConfigError, match=r"cannot read TLS file .*k\.pem"):
         tls.credentials()
+
+
+def test_health_command_over_tls(
+    certificates: CertificateFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cmx.cli import main as cmx_main
+
+    statuses: list[int] = []
+
+    async def main() -> None:
+        options = ServerOptions(port=0, tls=server_tls(certificates, False))
+        running = await start_emulator(default_profiles(), options)
+        target = f"127.0.0.1:{running.port}"
+        try:
+            for extra in ([], ["--tls-ca", str(certificates.ca_cert)]):
+                command = ["health", "--target", target, *extra]
+                statuses.append(await asyncio.to_thread(cmx_main, command))
+        finally:
+            await running.shutdown(0)
+
+    asyncio.run(main())
+    output = capsys.readouterr().out.splitlines()
+    assert statuses == [1, 0]
+    assert output[1].endswith("cmx.v1.Emulator: SERVING")
