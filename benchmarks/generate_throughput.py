@@ -28,7 +28,12 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.servers import start_cmx_serve, start_process  # noqa: E402
+from benchmarks.servers import (  # noqa: E402
+    ServerProcess,
+    cpu_seconds,
+    start_cmx_serve,
+    start_process,
+)
 from cmx.v1 import emulator_pb2, emulator_pb2_grpc  # noqa: E402
 from replay.client import AsyncEmulatorClient  # noqa: E402
 
@@ -112,8 +117,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--time-scale", type=float, default=100.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--input-tokens", type=int, default=1024)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument(
@@ -143,8 +148,7 @@ def main() -> None:
         echo_command = [sys.executable, __file__, "--serve-echo", str(messages)]
         with start_process(echo_command, log_dir / "echo.log") as echo:
             ratios = [
-                run_round(args, emulator.target, echo.target, n)
-                for n in range(1, args.rounds + 1)
+                run_round(args, emulator, echo, n) for n in range(1, args.rounds + 1)
             ]
     print(
         f"median ratio emulator / echo: {statistics.median(ratios):.2f} "
@@ -152,16 +156,27 @@ def main() -> None:
     )
 
 
-def run_round(args: argparse.Namespace, emulator: str, echo: str, number: int) -> float:
-    emulator_rate, emulator_messages, emulator_statuses = asyncio.run(
-        drive(args, emulator)
-    )
-    echo_rate, echo_messages, echo_statuses = asyncio.run(drive(args, echo))
+def run_round(
+    args: argparse.Namespace, emulator: ServerProcess, echo: ServerProcess, number: int
+) -> float:
+    figures = []
+    for server in (emulator, echo):
+        cpu_before_s = cpu_seconds(server.process.pid)
+        rate, messages, statuses = asyncio.run(drive(args, server.target))
+        cpu_ms = (cpu_seconds(server.process.pid) - cpu_before_s) * 1e3
+        figures.append((rate, messages, statuses, cpu_ms / args.requests))
+    (emulator_rate, *_, emulator_cpu_ms), (echo_rate, *_, echo_cpu_ms) = figures
+    print(f"round {number}:")
+    for name, (rate, messages, statuses, cpu_ms) in zip(
+        ("emulator", "echo"), figures, strict=True
+    ):
+        print(
+            f"  {name:8} {rate:6.0f} calls/s, {messages:.2f} messages/call, "
+            f"server CPU {cpu_ms:.2f} ms/call, {dict(statuses)}"
+        )
     print(
-        f"round {number}: emulator {emulator_rate:7.0f} calls/s "
-        f"({emulator_messages:.2f} messages/call, {dict(emulator_statuses)}); "
-        f"echo {echo_rate:7.0f} calls/s ({echo_messages:.2f} messages/call, "
-        f"{dict(echo_statuses)}); ratio {emulator_rate / echo_rate:.2f}",
+        f"  ratio emulator / echo: throughput {emulator_rate / echo_rate:.2f}, "
+        f"server CPU per call {emulator_cpu_ms / echo_cpu_ms:.2f}",
         flush=True,
     )
     return emulator_rate / echo_rate

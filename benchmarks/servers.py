@@ -17,7 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServerProcess", "rss_mb", "start_process", "start_cmx_serve"]
+__all__ = [
+    "ServerProcess",
+    "cpu_seconds",
+    "rss_mb",
+    "start_cmx_serve",
+    "start_process",
+]
 
 _LISTENING = re.compile(r"listening on (\S+)")
 _START_TIMEOUT_S = 30.0
@@ -81,3 +87,11 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far, from /proc (Linux only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5), utime and stime, in clock ticks.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -150,22 +150,26 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         self._stats.open_streams += 1
         ended_with = grpc.StatusCode.CANCELLED
         try:
-            async for item in self._serve(session):
-                if isinstance(item, StreamAbort):
-                    ended_with = item.code
-                    logger.debug(
-                        "request %s ended with %s: %s",
-                        session.spec.request_id,
-                        item.code.name,
-                        item.details,
-                    )
-                    await context.abort(
-                        item.code, item.details, self._fault_metadata(session)
-                    )
-                    return
-                if item.HasField("summary"):
-                    context.set_trailing_metadata(self._fault_metadata(session))
-                yield item
+            abort = await self._admit(session)
+            if abort is None:
+                async for item in self._responses(session):
+                    if isinstance(item, StreamAbort):
+                        abort = item  # always the last item
+                        continue
+                    if item.HasField("summary") and session.fault_labels:
+                        context.set_trailing_metadata(self._fault_metadata(session))
+                    yield item
+            if abort is not None:
+                ended_with = abort.code
+                logger.debug(
+                    "request %s ended with %s: %s",
+                    session.spec.request_id,
+                    abort.code.name,
+                    abort.details,
+                )
+                await context.abort(
+                    abort.code, abort.details, self._fault_metadata(session)
+                )
             ended_with = grpc.StatusCode.OK
         except asyncio.CancelledError:
             remaining_s = context.time_remaining()
@@ -183,10 +187,8 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
             self._stats.open_streams -= 1
             self._stats.requests_by_status[ended_with.name] += 1
 
-    async def _serve(
-        self, session: RequestSession
-    ) -> AsyncIterator[emulator_pb2.GenerateResponse | StreamAbort]:
-        """Admit the request and yield its responses, or the abort that ends it."""
+    async def _admit(self, session: RequestSession) -> StreamAbort | None:
+        """Put the request into the model; return the abort that ends it instead."""
         runtime = self._runtime
         runtime.plan_stream(session)
         if session.latency_wall_s > 0:
@@ -194,22 +196,24 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         if self.draining and not session.ended:
             session.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         if session.ended:  # aborted while its request was on the way in
-            yield session.items.get_nowait()  # type: ignore[misc]
-            return
+            for item in session.items.take_nowait():
+                if isinstance(item, StreamAbort):
+                    return item
         try:
             runtime.admit(session)
         except AdmissionRejected as error:
-            yield StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-            return
+            return StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except NoInstanceAvailable as error:
-            yield StreamAbort(grpc.StatusCode.UNAVAILABLE, str(error))
-            return
+            return StreamAbort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return None
 
+    def _responses(
+        self, session: RequestSession
+    ) -> AsyncIterator[emulator_pb2.GenerateResponse | StreamAbort]:
         messages = self._messages(session)
         if session.latency_wall_s > 0:
             messages = _delayed(messages, session.latency_wall_s)
-        async for message in messages:
-            yield message
+        return messages
 
     async def _messages(
         self, session: RequestSession
@@ -220,15 +224,15 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         last_sent_at = 0.0
         sent_tokens = 0
         while True:
-            items = [await session.items.get()]
+            # Sleeping out the chunk interval before looking at the queue
+            # wakes the stream once per chunk, not once per decode step.
             if last_sent_at:
                 pause_s = self._options.chunk_interval_s - (
                     time.perf_counter() - last_sent_at
                 )
                 if pause_s > 0:
                     await asyncio.sleep(pause_s)
-            while not session.items.empty():
-                items.append(session.items.get_nowait())
+            items = await session.items.take_all()
 
             chunk = emulator_pb2.TokenChunk(first_index=sent_tokens)
             end: SessionEnd | StreamAbort | None = None
@@ -311,9 +315,12 @@ def _append_tokens(
     arrival_s: float,
     vocab_size: int,
 ) -> None:
-    for offset, at_s in enumerate(batch.emulated_at_s):
-        chunk.token_ids.append(_token_id(batch.first_index + offset, vocab_size))
-        chunk.emulated_ms.append((at_s - arrival_s) * 1e3)
+    first = batch.first_index
+    count = len(batch.emulated_at_s)
+    chunk.token_ids.extend(
+        [_token_id(index, vocab_size) for index in range(first, first + count)]
+    )
+    chunk.emulated_ms.extend([(at_s - arrival_s) * 1e3 for at_s in batch.emulated_at_s])
 
 
 def _token_id(index: int, vocab_size: int) -> int:

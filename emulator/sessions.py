@@ -10,6 +10,7 @@ request, or an abort with a gRPC status.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import grpc
 
 from emulator.engine import RequestRecord, RequestSpec
 
-__all__ = ["RequestSession", "SessionEnd", "StreamAbort", "TokenBatch"]
+__all__ = ["ItemQueue", "RequestSession", "SessionEnd", "StreamAbort", "TokenBatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,42 @@ class StreamAbort:
 
 
 StreamItem = TokenBatch | SessionEnd | StreamAbort
+
+
+class ItemQueue:
+    """Unbounded queue of stream items with one consumer.
+
+    A lighter stand-in for asyncio.Queue, which every stream would create:
+    the model puts items from the event loop's thread, and the stream takes
+    them all at once.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[StreamItem] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: StreamItem) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take_all(self) -> list[StreamItem]:
+        """Wait for at least one item; return every item queued, oldest first."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def take_nowait(self) -> list[StreamItem]:
+        items = list(self._items)
+        self._items.clear()
+        return items
 
 
 class _AttemptSink:
@@ -74,7 +111,7 @@ class RequestSession:
 
     def __init__(self, spec: RequestSpec) -> None:
         self.spec = spec
-        self.items: asyncio.Queue[StreamItem] = asyncio.Queue()
+        self.items = ItemQueue()
         self.attempts: list[RequestRecord] = []
         self.tokens_emitted = 0
         self.first_token_s: float | None = None
@@ -131,19 +168,19 @@ class RequestSession:
             self.first_token_s = emulated_at_s[0]
         self.last_token_s = emulated_at_s[-1]
         self.tokens_emitted = first_index + len(emulated_at_s)
-        self.items.put_nowait(TokenBatch(first_index, emulated_at_s))
+        self.items.put(TokenBatch(first_index, emulated_at_s))
 
     def finish(self) -> None:
         if not self.ended:
             self.ended = True
-            self.items.put_nowait(SessionEnd())
+            self.items.put(SessionEnd())
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         """End the stream with `code`; the model's state is the caller's job."""
         if not self.ended:
             self.ended = True
             logger.debug("request %s aborted: %s", self.spec.request_id, details)
-            self.items.put_nowait(StreamAbort(code, details))
+            self.items.put(StreamAbort(code, details))
 
     def add_fault(self, label: str) -> None:
         self.fault_labels[label] = None
