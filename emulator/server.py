@@ -234,22 +234,23 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
                     await asyncio.sleep(pause_s)
             items = await session.items.take_all()
 
-            chunk = emulator_pb2.TokenChunk(first_index=sent_tokens)
+            times_s: list[float] = []
             end: SessionEnd | StreamAbort | None = None
             for item in items:
                 if isinstance(item, TokenBatch):
-                    _append_tokens(chunk, item, arrival_s, vocab_size)
+                    times_s.extend(item.emulated_at_s)
                 else:
                     end = item
-            drop = _drop_now(session, sent_tokens, chunk, end)
+            drop = _drop_now(session, sent_tokens, len(times_s), end)
             if drop is not None:
-                del chunk.token_ids[drop.keep_tokens :]
-                del chunk.emulated_ms[drop.keep_tokens :]
+                del times_s[drop.keep_tokens :]
                 end = drop.abort
-            if chunk.token_ids:
-                sent_tokens += len(chunk.token_ids)
-                self._stats.add_output_tokens(len(chunk.token_ids))
-                yield emulator_pb2.GenerateResponse(chunk=chunk)
+            if times_s:
+                yield emulator_pb2.GenerateResponse(
+                    chunk=_chunk(sent_tokens, times_s, arrival_s, vocab_size)
+                )
+                sent_tokens += len(times_s)
+                self._stats.add_output_tokens(len(times_s))
                 last_sent_at = time.perf_counter()
             if isinstance(end, StreamAbort):
                 yield end
@@ -309,18 +310,16 @@ def _spec_from(request: emulator_pb2.GenerateRequest) -> RequestSpec:
     )
 
 
-def _append_tokens(
-    chunk: emulator_pb2.TokenChunk,
-    batch: TokenBatch,
-    arrival_s: float,
-    vocab_size: int,
-) -> None:
-    first = batch.first_index
-    count = len(batch.emulated_at_s)
-    chunk.token_ids.extend(
-        [_token_id(index, vocab_size) for index in range(first, first + count)]
+def _chunk(
+    first_index: int, times_s: list[float], arrival_s: float, vocab_size: int
+) -> emulator_pb2.TokenChunk:
+    """Build the chunk of tokens first_index, first_index + 1, ... made at times_s."""
+    indexes = range(first_index, first_index + len(times_s))
+    return emulator_pb2.TokenChunk(
+        first_index=first_index,
+        token_ids=[_token_id(index, vocab_size) for index in indexes],
+        emulated_ms=[(at_s - arrival_s) * 1e3 for at_s in times_s],
     )
-    chunk.emulated_ms.extend([(at_s - arrival_s) * 1e3 for at_s in batch.emulated_at_s])
 
 
 def _token_id(index: int, vocab_size: int) -> int:
@@ -337,16 +336,16 @@ class _Drop:
 def _drop_now(
     session: RequestSession,
     sent_tokens: int,
-    chunk: emulator_pb2.TokenChunk,
+    new_tokens: int,
     end: SessionEnd | StreamAbort | None,
 ) -> _Drop | None:
     """Return how to cut the stream when its injected drop point is reached."""
     drop_after = session.drop_after_tokens
     if drop_after is None or isinstance(end, StreamAbort):
         return None
-    if sent_tokens + len(chunk.token_ids) < drop_after and end is None:
+    if sent_tokens + new_tokens < drop_after and end is None:
         return None
-    keep = max(0, min(len(chunk.token_ids), drop_after - sent_tokens))
+    keep = max(0, min(new_tokens, drop_after - sent_tokens))
     details = (
         f"stream dropped after {sent_tokens + keep} tokens by injected fault "
         f"{session.drop_label}"
