@@ -11,8 +11,8 @@ the emulator at least 0.6x the echo server), with each server's CPU time per
 call, which the load of a shared machine disturbs less.
 
 At time scale 10 an emulated call of 1,024 prompt and 32 output tokens takes
-tens of milliseconds of wall time, so by Little's law 64 calls in flight would
-cap the emulator near 1,000 calls/s whatever its speed. The default of 128 in
+about 75 ms of wall time on a 2-core machine, so by Little's law 64 calls in
+flight would cap the emulator below 1,000 calls/s whatever its speed. The default of 128 in
 flight keeps both servers limited by their work instead.
 
     .venv/bin/python benchmarks/generate_throughput.py
