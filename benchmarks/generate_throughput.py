@@ -4,16 +4,17 @@ Both servers run as child processes on loopback and are driven by the same
 asyncio client (`replay.client.AsyncEmulatorClient`) with the same requests
 and concurrency, in alternating rounds of one run. The echo server replies to
 each call at once with as many stream messages as the emulator sent per call
-in a warm-up round (token chunks, then a summary), so the two differ only
+in the same round (token chunks, then a summary), so the two differ only
 in the work of the emulator: admission, the model, pacing and chunking. The
 script prints calls per second for each round and the median ratio (goal:
 the emulator at least 0.6x the echo server), with each server's CPU time per
 call, which the load of a shared machine disturbs less.
 
-At time scale 10 an emulated call of 1,024 prompt and 32 output tokens takes
-about 75 ms of wall time on a 2-core machine, so by Little's law 64 calls in
-flight would cap the emulator below 1,000 calls/s whatever its speed. The default of 128 in
-flight keeps both servers limited by their work instead.
+At time scale 10 an emulated call of 1,024 prompt and 32 output tokens lasts
+about 250 emulated ms: 25 ms of wall time before any wait for the CPU. With
+few calls in flight, that latency and not the server's work would cap the
+emulator's calls per second (Little's law); the default of 128 in flight keeps
+both servers limited by their work.
 
     .venv/bin/python benchmarks/generate_throughput.py
 """
@@ -22,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -84,16 +87,24 @@ async def serve_echo(messages: int) -> None:
     await server.wait_for_termination()
 
 
-async def drive(
-    args: argparse.Namespace, target: str
-) -> tuple[float, float, Counter[str]]:
-    """Send `args.requests` calls, `args.concurrency` at a time.
+@dataclass(frozen=True)
+class RoundFigures:
+    """What one server did in one round."""
 
-    Returns requests per second, stream messages per call (counting the
-    summary) and the statuses.
-    """
+    calls_per_s: float
+    messages_per_call: float
+    statuses: Counter[str]
+    wall_ms_per_call: float
+    emulated_e2e_ms: float
+    server_cpu_ms_per_call: float = 0.0
+
+
+async def drive(args: argparse.Namespace, target: str) -> RoundFigures:
+    """Send `args.requests` calls, `args.concurrency` at a time."""
     statuses: Counter[str] = Counter()
     messages = 0
+    wall_s: list[float] = []
+    emulated_ms: list[float] = []
     async with AsyncEmulatorClient(target) as client:
         await client.wait_ready(10)
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -112,11 +123,20 @@ async def drive(
                 outcome = await client.generate(request, timeout_s=60)
                 statuses[outcome.status] += 1
                 messages += outcome.messages_received
+                wall_s.append(outcome.finished_at_s - outcome.sent_at_s)
+                if outcome.summary is not None:
+                    emulated_ms.append(outcome.summary.emulated_e2e_ms)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - started
-    return args.requests / elapsed, messages / args.requests, statuses
+    return RoundFigures(
+        calls_per_s=args.requests / elapsed,
+        messages_per_call=messages / args.requests,
+        statuses=statuses,
+        wall_ms_per_call=statistics.fmean(wall_s) * 1e3,
+        emulated_e2e_ms=statistics.fmean(emulated_ms),
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -148,44 +168,53 @@ def main() -> None:
     emulator_args = ["--time-scale", str(args.time_scale)]
     with start_cmx_serve(log_dir / "emulator.log", *emulator_args) as emulator:
         warmup = argparse.Namespace(**{**vars(args), "requests": args.requests // 3})
-        _, messages_per_call, _ = asyncio.run(drive(warmup, emulator.target))
-        messages = round(messages_per_call)
-        print(f"emulator sends {messages_per_call:.2f} messages per call (warm-up)")
-        echo_command = [sys.executable, __file__, "--serve-echo", str(messages)]
-        with start_process(echo_command, log_dir / "echo.log") as echo:
-            ratios = [
-                run_round(args, emulator, echo, n) for n in range(1, args.rounds + 1)
-            ]
+        asyncio.run(drive(warmup, emulator.target))
+        ratios = [
+            run_round(args, emulator, log_dir, n) for n in range(1, args.rounds + 1)
+        ]
     print(
         f"median ratio emulator / echo: {statistics.median(ratios):.2f} "
         f"(goal >= 0.6; rounds {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
 
+def measure(args: argparse.Namespace, server: ServerProcess) -> RoundFigures:
+    cpu_before_s = cpu_seconds(server.process.pid)
+    measured = asyncio.run(drive(args, server.target))
+    cpu_ms = (cpu_seconds(server.process.pid) - cpu_before_s) * 1e3
+    return dataclasses.replace(measured, server_cpu_ms_per_call=cpu_ms / args.requests)
+
+
 def run_round(
-    args: argparse.Namespace, emulator: ServerProcess, echo: ServerProcess, number: int
+    args: argparse.Namespace, emulator: ServerProcess, log_dir: Path, number: int
 ) -> float:
-    figures = []
-    for server in (emulator, echo):
-        cpu_before_s = cpu_seconds(server.process.pid)
-        rate, messages, statuses = asyncio.run(drive(args, server.target))
-        cpu_ms = (cpu_seconds(server.process.pid) - cpu_before_s) * 1e3
-        figures.append((rate, messages, statuses, cpu_ms / args.requests))
-    (emulator_rate, *_, emulator_cpu_ms), (echo_rate, *_, echo_cpu_ms) = figures
+    """Measure the emulator, then an echo server sending as many messages."""
+    figures = [measure(args, emulator)]
+    messages = round(figures[0].messages_per_call)
+    echo_command = [sys.executable, __file__, "--serve-echo", str(messages)]
+    with start_process(echo_command, log_dir / f"echo-{number}.log") as echo:
+        figures.append(measure(args, echo))
     print(f"round {number}:")
-    for name, (rate, messages, statuses, cpu_ms) in zip(
-        ("emulator", "echo"), figures, strict=True
-    ):
+    for name, measured in zip(("emulator", "echo"), figures, strict=True):
         print(
-            f"  {name:8} {rate:6.0f} calls/s, {messages:.2f} messages/call, "
-            f"server CPU {cpu_ms:.2f} ms/call, {dict(statuses)}"
+            f"  {name:8} {measured.calls_per_s:6.0f} calls/s, "
+            f"{measured.messages_per_call:.2f} messages/call, "
+            f"{measured.wall_ms_per_call:5.1f} ms/call wall "
+            f"({measured.emulated_e2e_ms:6.1f} ms emulated), "
+            f"server CPU {measured.server_cpu_ms_per_call:.2f} ms/call, "
+            f"{dict(measured.statuses)}"
         )
+    emulator_figures, echo_figures = figures
+    ratio = emulator_figures.calls_per_s / echo_figures.calls_per_s
+    cpu_ratio = (
+        emulator_figures.server_cpu_ms_per_call / echo_figures.server_cpu_ms_per_call
+    )
     print(
-        f"  ratio emulator / echo: throughput {emulator_rate / echo_rate:.2f}, "
-        f"server CPU per call {emulator_cpu_ms / echo_cpu_ms:.2f}",
+        f"  ratio emulator / echo: throughput {ratio:.2f}, "
+        f"server CPU per call {cpu_ratio:.2f}",
         flush=True,
     )
-    return emulator_rate / echo_rate
+    return ratio
 
 
 if __name__ == "__main__":
