@@ -4,8 +4,9 @@ Both servers run as child processes on loopback and are driven by the same
 asyncio client (`replay.client.AsyncEmulatorClient`) with the same requests
 and concurrency, in alternating rounds of one run. The echo server replies to
 each call at once with as many stream messages as the emulator sent per call
-in the same round (token chunks, then a summary), so the two differ only
-in the work of the emulator: admission, the model, pacing and chunking. The
+in the same round (token chunks, then a summary). The two runs therefore
+differ only in the work of the emulator: admission, the model, pacing and
+chunking. The
 script prints calls per second for each round and the median ratio (goal:
 the emulator at least 0.6x the echo server), with each server's CPU time per
 call, which the load of a shared machine disturbs less.
@@ -89,7 +90,7 @@ async def serve_echo(messages: int) -> None:
 
 @dataclass(frozen=True)
 class RoundFigures:
-    """What one server did in one round."""
+    """Figures of one server in one round."""
 
     calls_per_s: float
     messages_per_call: float

@@ -62,7 +62,7 @@ class Pool(enum.Enum):
 
 
 class FailedInstancePolicy(enum.Enum):
-    """What a failed instance does to the requests on it."""
+    """Handling of the requests on a failed instance."""
 
     REROUTE = "reroute"
     FAIL = "fail"
@@ -79,7 +79,7 @@ class SlowInstance:
     """Every step of an instance takes `slowdown` times longer.
 
     A slow die slows its whole instance the same way, because the all-to-all
-    of expert parallelism makes every step wait for the slowest die; `die`
+    of expert parallelism makes every step wait for the slowest die. `die`
     only records which die it was.
     """
 
@@ -158,7 +158,7 @@ class FaultEntry:
     events: list[ScheduledEvent] = field(default_factory=list, repr=False)
 
     def overlaps(self, from_s: float, to_s: float) -> bool:
-        """Whether the fault was active at some time in [from_s, to_s]."""
+        """Return whether the fault was active at some time in [from_s, to_s]."""
         if self.state is FaultState.PENDING:
             return False
         ended_s = math.inf if self.ends_at_s is None else self.ends_at_s

@@ -1,10 +1,10 @@
 """One Generate stream's request as the model serves it, across restarts.
 
 A `RequestSession` is the server's side of one stream. It receives the
-model's tokens through a sink per attempt (a request restarted on another
-instance after a failure is a new attempt), keeps the timings the summary
-needs, and queues what the stream must send: token batches, the end of the
-request, or an abort with a gRPC status.
+model's tokens through a sink per attempt, where a request restarted on
+another instance after a failure is a new attempt. It keeps the timings the
+summary needs and queues what the stream must send: token batches, the end
+of the request, or an abort with a gRPC status.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class RequestSession:
     """A request from the stream's point of view, in emulated seconds.
 
     `spec` is the request as the client sent it. Each attempt is a record in
-    the model: the first serves `spec`; a restart serves the prompt plus the
+    the model. The first serves `spec`. A restart serves the prompt plus the
     tokens already produced as its prompt, and the rest of the output.
     """
 

@@ -54,7 +54,9 @@ def test_sigterm_drains_then_ends_open_streams(tmp_path: Path) -> None:
         target = re.search(r"listening on (\S+) \(time scale 1, plaintext\)", text)
         control = re.search(r"control service on (\S+)", text)
         metrics = re.search(r"Prometheus metrics on (http://\S+/metrics)", text)
-        assert target and control and metrics, text
+        assert target is not None, text
+        assert control is not None, text
+        assert metrics is not None, text
 
         with grpc.insecure_channel(control.group(1)) as channel:
             config = control_pb2_grpc.ControlStub(channel).GetConfig(
