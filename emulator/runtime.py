@@ -426,7 +426,7 @@ class PacedRuntime:
             return
         try:
             self._submit(session)
-        except NoInstanceAvailable as error:
+        except EmulatorError as error:  # no instance left, or too large now
             session.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{failure} and it cannot be rerouted: {error}",

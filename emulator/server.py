@@ -26,7 +26,7 @@ from cmx.v1 import control_pb2_grpc, emulator_pb2, emulator_pb2_grpc
 from emulator.admission import AdmissionLimits
 from emulator.control import ControlService
 from emulator.engine import NoInstanceAvailable, RequestSpec
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, EmulatorError
 from emulator.faults import FailedInstancePolicy, FaultSpec
 from emulator.metrics import MetricsExporter, ServerStats, collect_metrics
 from emulator.profiles import Profiles
@@ -205,6 +205,10 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
             return StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except NoInstanceAvailable as error:
             return StreamAbort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except EmulatorError as error:
+            # The model refuses a request it can never serve in this
+            # deployment, such as one whose KV cache cannot fit.
+            return StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return None
 
     def _responses(

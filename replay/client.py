@@ -45,6 +45,7 @@ __all__ = [
     "STATUS_CANCELLED",
     "STATUS_NO_SUMMARY",
     "AsyncEmulatorClient",
+    "CallInterrupted",
     "EmulatorClient",
     "Outcome",
     "RetryPolicy",
@@ -106,6 +107,17 @@ class Outcome:
     faults: tuple[str, ...] = ()
     attempts: int = 1
     messages_received: int = 0
+
+
+class CallInterrupted(Exception):
+    """A blocking call cancelled because its caller was interrupted.
+
+    `outcome` has status CANCELLED and the tokens received before.
+    """
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
 
 
 @dataclass(frozen=True)
@@ -378,18 +390,23 @@ def generate_sync(
     timeout_s: float | None,
     *,
     retry: RetryPolicy = NO_RETRY,
+    interrupted_by: tuple[type[BaseException], ...] = (),
 ) -> Outcome:
     """Blocking `generate` for a stub of a channel from `open_sync_channel`.
 
     An exception raised in the calling thread or greenlet while the stream
-    runs (KeyboardInterrupt, gevent's GreenletExit) cancels the call and is
-    raised again.
+    runs cancels the call. One of the `interrupted_by` types (such as
+    gevent's GreenletExit, for a Locust user that is stopped) then raises
+    CallInterrupted with the outcome so far; any other exception, such as
+    KeyboardInterrupt, is raised again as it is.
     """
     deadline_at_s = None if timeout_s is None else time.perf_counter() + timeout_s
     first_sent_at_s: float | None = None
     attempt = 1
     while True:
-        outcome = _attempt_sync(stub, request, _remaining_s(deadline_at_s))
+        outcome = _attempt_sync(
+            stub, request, _remaining_s(deadline_at_s), interrupted_by
+        )
         first_sent_at_s = first_sent_at_s or outcome.sent_at_s
         wait_s = _retry_wait_s(retry, outcome, attempt, deadline_at_s)
         if wait_s is None:
@@ -402,6 +419,7 @@ def _attempt_sync(
     stub: emulator_pb2_grpc.EmulatorStub,
     request: emulator_pb2.GenerateRequest,
     timeout_s: float | None,
+    interrupted_by: tuple[type[BaseException], ...],
 ) -> Outcome:
     attempt = _Attempt()
     call = stub.Generate(request, timeout=timeout_s)
@@ -413,8 +431,11 @@ def _attempt_sync(
         details = error.details()
         metadata = error.trailing_metadata()
         return attempt.outcome(code.name, details or "", metadata)
-    except BaseException:
+    except BaseException as error:
         call.cancel()
+        if isinstance(error, interrupted_by):
+            outcome = attempt.outcome(STATUS_CANCELLED, "the caller was interrupted")
+            raise CallInterrupted(outcome) from error
         raise
     return attempt.outcome(STATUS_OK, None, call.trailing_metadata())
 

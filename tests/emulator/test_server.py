@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cmx.v1 import emulator_pb2, emulator_pb2_grpc
 from emulator.admission import AdmissionLimits
+from emulator.errors import EmulatorError
 from emulator.server import RunningEmulator
 from tests.emulator.harness import StreamResult, generate, metrics, run_scenario
 
@@ -344,3 +345,18 @@ def test_generate_stub_only_client_sees_summary_last() -> None:
     kinds = [response.WhichOneof("kind") for response in responses]
     assert kinds[-1] == "summary"
     assert set(kinds[:-1]) == {"chunk"}
+
+
+def test_request_the_model_rejects_is_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+    results: list[StreamResult] = []
+
+    def reject(*_: object) -> None:
+        raise EmulatorError("request needs 9 KV blocks but an instance has 8")
+
+    async def scenario(channel: grpc.aio.Channel, running: RunningEmulator) -> None:
+        monkeypatch.setattr(running.runtime.supernode, "submit", reject)
+        results.append(await generate(channel, input_tokens=10, output_tokens=2))
+
+    run_scenario(scenario)
+    assert results[0].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert results[0].details == "request needs 9 KV blocks but an instance has 8"

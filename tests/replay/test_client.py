@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,11 +19,13 @@ from replay.client import (
     MAX_MESSAGE_BYTES,
     NO_RETRY,
     AsyncEmulatorClient,
+    CallInterrupted,
     EmulatorClient,
     Outcome,
     RetryPolicy,
     TlsConfig,
     generate,
+    generate_sync,
     open_channel,
 )
 from replay.errors import ReplayError
@@ -408,3 +410,57 @@ def test_unreachable_target_is_replay_error() -> None:
     with EmulatorClient(f"127.0.0.1:{port}") as client:
         with pytest.raises(ReplayError, match=f"could not connect to 127.0.0.1:{port}"):
             client.wait_ready(0.3)
+
+
+class _Interrupt(BaseException):
+    """Stands for gevent's GreenletExit, which also derives from BaseException."""
+
+
+class _InterruptedCall:
+    """Blocking call that yields one chunk, then is interrupted by `error`."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.cancelled = False
+
+    def __iter__(self) -> Iterator[emulator_pb2.GenerateResponse]:
+        chunk = emulator_pb2.TokenChunk(token_ids=[1, 2], emulated_ms=[7.0, 9.0])
+        yield emulator_pb2.GenerateResponse(chunk=chunk)
+        raise self.error
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _StubOf:
+    def __init__(self, call: _InterruptedCall) -> None:
+        self.call = call
+
+    def Generate(self, *_: object, **__: object) -> _InterruptedCall:  # noqa: N802
+        return self.call
+
+
+def test_interrupted_sync_call_keeps_outcome() -> None:
+    call = _InterruptedCall(_Interrupt())
+    stub = _StubOf(call)
+    with pytest.raises(CallInterrupted) as raised:
+        generate_sync(
+            stub,  # type: ignore[arg-type]
+            emulator_pb2.GenerateRequest(),
+            5.0,
+            interrupted_by=(_Interrupt,),
+        )
+    outcome = raised.value.outcome
+    assert call.cancelled
+    assert outcome.status == "CANCELLED"
+    assert outcome.error == "the caller was interrupted"
+    assert outcome.tokens_received == 2
+    assert outcome.latencies.ttft_ms == 7.0
+    assert isinstance(raised.value.__cause__, _Interrupt)
+
+
+def test_other_interruption_is_raised_as_is() -> None:
+    call = _InterruptedCall(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        generate_sync(_StubOf(call), emulator_pb2.GenerateRequest(), 5.0)  # type: ignore[arg-type]
+    assert call.cancelled
