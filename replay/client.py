@@ -397,7 +397,7 @@ def generate_sync(
     An exception raised in the calling thread or greenlet while the stream
     runs cancels the call. One of the `interrupted_by` types (such as
     gevent's GreenletExit, for a Locust user that is stopped) then raises
-    CallInterrupted with the outcome so far; any other exception, such as
+    CallInterrupted with the outcome so far. Any other exception, such as
     KeyboardInterrupt, is raised again as it is.
     """
     deadline_at_s = None if timeout_s is None else time.perf_counter() + timeout_s
