@@ -25,7 +25,8 @@ lint: $(BIN)/cmx
 # Regenerates the Python stubs in cmx/v1 from proto/; tests fail when stale.
 proto: $(BIN)/cmx
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. \
-		--grpc_python_out=. --pyi_out=. proto/cmx/v1/emulator.proto
+		--grpc_python_out=. --pyi_out=. proto/cmx/v1/emulator.proto \
+		proto/cmx/v1/control.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,50 +1,105 @@
 """gRPC server around the supernode model, paced against the wall clock.
 
-`build_server` makes a grpc.aio server with the `cmx.v1.Emulator` service,
-standard health checking and server reflection, binds it and returns it with
-its port; `run_server` serves until SIGINT or SIGTERM and stops gracefully.
+`start_emulator` builds and starts the `cmx.v1.Emulator` service with
+standard health checking and server reflection. It adds the `cmx.v1.Control`
+service (on the same port, its own port, or not at all) and, on request, a
+Prometheus metrics endpoint. It returns a `RunningEmulator` whose `shutdown`
+drains the streams. `run_server` serves until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cmx.v1 import emulator_pb2, emulator_pb2_grpc
-from emulator.core import EventQueue, PacedClock
-from emulator.engine import NoInstanceAvailable, RequestRecord, RequestSpec, Supernode
+from cmx.v1 import control_pb2_grpc, emulator_pb2, emulator_pb2_grpc
+from emulator.admission import AdmissionLimits
+from emulator.control import ControlService
+from emulator.engine import NoInstanceAvailable, RequestSpec
+from emulator.errors import ConfigError, EmulatorError
+from emulator.faults import FailedInstancePolicy, FaultSpec
+from emulator.metrics import MetricsExporter, ServerStats, collect_metrics
 from emulator.profiles import Profiles
+from emulator.runtime import AdmissionRejected, PacedRuntime
+from emulator.sessions import RequestSession, SessionEnd, StreamAbort, TokenBatch
+from emulator.validation import prompt_tokens, validate_request
 
 __all__ = [
     "EmulatorService",
     "PacedRuntime",
+    "RunningEmulator",
     "ServerOptions",
+    "TlsFiles",
     "build_server",
     "run_server",
+    "start_emulator",
+    "validate_request",
 ]
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "cmx.v1.Emulator"
+CONTROL_SERVICE_NAME = "cmx.v1.Control"
 # Long prompts sent with explicit hashes or token ids exceed gRPC's 4 MiB
-# default; 64 MiB holds about 8M 8-byte hashes.
+# default; 64 MiB fits about 8M 8-byte hashes.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Trailing metadata key listing the faults that touched a stream.
+FAULTS_METADATA_KEY = "cmx-faults"
+# Wall time the final stop gives the aborts of the last streams to go out.
+_ABORT_FLUSH_S = 1.0
+_DRAIN_POLL_S = 0.05
+
+_GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Without this, a second server on a busy port would share it silently.
+    ("grpc.so_reuseport", 0),
+)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the server's TLS identity; a client CA turns on mutual TLS."""
+
+    cert_chain: Path
+    private_key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Read the files; raises ConfigError naming one that cannot be read."""
+        ca = _read_pem(self.client_ca) if self.client_ca is not None else None
+        return grpc.ssl_server_credentials(
+            [(_read_pem(self.private_key), _read_pem(self.cert_chain))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+def _read_pem(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read TLS file {path}: {error.strerror}") from None
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Network and pacing settings of `cmx serve`."""
+    """Network, pacing and admission settings of `cmx serve`.
+
+    `control_port` None serves the control service on `port`, and
+    `control_enabled` False does not serve it. `metrics_port` None serves no
+    Prometheus endpoint; 0 picks a free port, as for the gRPC ports.
+    """
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -53,85 +108,27 @@ class ServerOptions:
     # rates are coalesced into fewer, larger messages.
     chunk_interval_s: float = 0.01
     grace_s: float = 5.0
-
-
-class _StreamSink:
-    """Token sink that queues the model's output for one gRPC stream."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[int, Sequence[float]] | RequestRecord] = (
-            asyncio.Queue()
-        )
-
-    def on_tokens(self, first_index: int, emulated_at_s: Sequence[float]) -> None:
-        self.queue.put_nowait((first_index, emulated_at_s))
-
-    def on_finish(self, record: RequestRecord) -> None:
-        self.queue.put_nowait(record)
-
-
-class PacedRuntime:
-    """Runs the event queue so that emulated time tracks the scaled wall clock.
-
-    One asyncio task sleeps until the wall time of the next event, then runs
-    every event due. Events carry their exact emulated due time, so token
-    timestamps stay exact even when the task wakes late.
-    """
-
-    def __init__(self, profiles: Profiles, time_scale: float, seed: int) -> None:
-        self.profiles = profiles
-        self.clock = PacedClock(time_scale)
-        self.events = EventQueue()
-        self.supernode = Supernode(profiles, self.events, np.random.default_rng(seed))
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    def submit(self, spec: RequestSpec) -> tuple[RequestRecord, _StreamSink]:
-        """Accept a request at the current emulated time."""
-        self.events.run_until(self.clock.now_s())
-        sink = _StreamSink()
-        record = self.supernode.submit(spec, sink)
-        self._wakeup.set()
-        return record, sink
-
-    def cancel(self, record: RequestRecord) -> None:
-        self.events.run_until(self.clock.now_s())
-        self.supernode.cancel(record)
-
-    async def _run(self) -> None:
-        while True:
-            next_at_s = self.events.next_at_s()
-            timeout_s = (
-                None if next_at_s is None else self.clock.wall_delay_s(next_at_s)
-            )
-            self._wakeup.clear()
-            if timeout_s is None or timeout_s > 0:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout_s)
-                except TimeoutError:
-                    pass
-            else:
-                await asyncio.sleep(0)  # let streams run between due events
-            self.events.run_until(self.clock.now_s())
+    tls: TlsFiles | None = None
+    control_enabled: bool = True
+    control_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    failed_instance_policy: FailedInstancePolicy = FailedInstancePolicy.REROUTE
+    fault_schedule: tuple[FaultSpec, ...] = ()
 
 
 class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
     """Implements `cmx.v1.Emulator` on a `PacedRuntime`."""
 
-    def __init__(self, runtime: PacedRuntime, options: ServerOptions) -> None:
+    def __init__(
+        self, runtime: PacedRuntime, stats: ServerStats, options: ServerOptions
+    ) -> None:
         self._runtime = runtime
+        self._stats = stats
         self._options = options
+        self.open_sessions: set[RequestSession] = set()
+        self.draining = False
 
     async def Generate(  # noqa: N802 - name fixed by the generated servicer
         self,
@@ -139,92 +136,197 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[emulator_pb2.GenerateResponse]:
         problem = validate_request(request, self._runtime.profiles)
+        if problem is None and self.draining:
+            code, problem = grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN
+        else:
+            code = grpc.StatusCode.INVALID_ARGUMENT
         if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            logger.debug("request %s rejected: %s", request.request_id, problem)
+            self._stats.requests_by_status[code.name] += 1
+            await context.abort(code, problem)
 
-        spec = RequestSpec(
-            request_id=request.request_id or uuid.uuid4().hex,
-            input_tokens=request.input_tokens,
-            output_tokens=request.output_tokens,
-            prefix_block_hashes=tuple(request.prefix_block_hashes),
-            block_tokens=request.block_tokens,
-            session_id=request.session_id,
-        )
+        session = RequestSession(_spec_from(request))
+        self.open_sessions.add(session)
+        self._stats.open_streams += 1
+        ended_with = grpc.StatusCode.CANCELLED
         try:
-            record, sink = self._runtime.submit(spec)
-        except NoInstanceAvailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        try:
-            async for response in self._stream(record, sink):
-                yield response
+            abort = await self._admit(session)
+            if abort is None:
+                async for item in self._responses(session):
+                    if isinstance(item, StreamAbort):
+                        abort = item  # always the last item
+                        continue
+                    if item.HasField("summary") and session.fault_labels:
+                        context.set_trailing_metadata(self._fault_metadata(session))
+                    yield item
+            if abort is not None:
+                ended_with = abort.code
+                logger.debug(
+                    "request %s ended with %s: %s",
+                    session.spec.request_id,
+                    abort.code.name,
+                    abort.details,
+                )
+                await context.abort(
+                    abort.code, abort.details, self._fault_metadata(session)
+                )
+            ended_with = grpc.StatusCode.OK
+        except asyncio.CancelledError:
+            remaining_s = context.time_remaining()
+            if remaining_s is not None and remaining_s <= 0:
+                ended_with = grpc.StatusCode.DEADLINE_EXCEEDED
+            logger.debug(
+                "request %s ended by the client: %s",
+                session.spec.request_id,
+                ended_with.name,
+            )
+            raise
         finally:
-            if not record.finished:
-                logger.debug("request %s cancelled by the client", spec.request_id)
-                self._runtime.cancel(record)
+            self.open_sessions.discard(session)
+            self._runtime.release(session)
+            self._stats.open_streams -= 1
+            self._stats.requests_by_status[ended_with.name] += 1
 
-    async def _stream(
-        self, record: RequestRecord, sink: _StreamSink
-    ) -> AsyncIterator[emulator_pb2.GenerateResponse]:
-        arrival_s = record.arrival_s
+    async def _admit(self, session: RequestSession) -> StreamAbort | None:
+        """Put the request into the model; return the abort that ends it instead."""
+        runtime = self._runtime
+        runtime.plan_stream(session)
+        if session.latency_wall_s > 0:
+            await asyncio.sleep(session.latency_wall_s)
+        if self.draining and not session.ended:
+            session.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        if session.ended:  # aborted while its request was on the way in
+            for item in session.items.take_nowait():
+                if isinstance(item, StreamAbort):
+                    return item
+        try:
+            runtime.admit(session)
+        except AdmissionRejected as error:
+            return StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except NoInstanceAvailable as error:
+            return StreamAbort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except EmulatorError as error:
+            # The model refuses a request it can never serve in this
+            # deployment, such as one whose KV cache cannot fit.
+            return StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return None
+
+    def _responses(
+        self, session: RequestSession
+    ) -> AsyncIterator[emulator_pb2.GenerateResponse | StreamAbort]:
+        messages = self._messages(session)
+        if session.latency_wall_s > 0:
+            messages = _delayed(messages, session.latency_wall_s)
+        return messages
+
+    async def _messages(
+        self, session: RequestSession
+    ) -> AsyncIterator[emulator_pb2.GenerateResponse | StreamAbort]:
+        """Coalesce the session's tokens into chunks; end with a summary or abort."""
         vocab_size = self._runtime.profiles.model.vocab_size
+        arrival_s = session.arrival_s
         last_sent_at = 0.0
+        sent_tokens = 0
         while True:
-            items = [await sink.queue.get()]
+            # Sleeping out the chunk interval before looking at the queue
+            # wakes the stream once per chunk, not once per decode step.
             if last_sent_at:
                 pause_s = self._options.chunk_interval_s - (
                     time.perf_counter() - last_sent_at
                 )
                 if pause_s > 0:
                     await asyncio.sleep(pause_s)
-            while not sink.queue.empty():
-                items.append(sink.queue.get_nowait())
+            items = await session.items.take_all()
 
-            finished = None
-            chunk = emulator_pb2.TokenChunk()
+            times_s: list[float] = []
+            end: SessionEnd | StreamAbort | None = None
             for item in items:
-                if isinstance(item, RequestRecord):
-                    finished = item
-                    continue
-                first_index, times_s = item
-                if not chunk.token_ids:
-                    chunk.first_index = first_index
-                for offset, at_s in enumerate(times_s):
-                    chunk.token_ids.append(_token_id(first_index + offset, vocab_size))
-                    chunk.emulated_ms.append((at_s - arrival_s) * 1e3)
-            if chunk.token_ids:
-                yield emulator_pb2.GenerateResponse(chunk=chunk)
+                if isinstance(item, TokenBatch):
+                    times_s.extend(item.emulated_at_s)
+                else:
+                    end = item
+            drop = _drop_now(session, sent_tokens, len(times_s), end)
+            if drop is not None:
+                del times_s[drop.keep_tokens :]
+                end = drop.abort
+            if times_s:
+                yield emulator_pb2.GenerateResponse(
+                    chunk=_chunk(sent_tokens, times_s, arrival_s, vocab_size)
+                )
+                sent_tokens += len(times_s)
+                self._stats.add_output_tokens(len(times_s))
                 last_sent_at = time.perf_counter()
-            if finished is not None:
-                yield emulator_pb2.GenerateResponse(summary=_summary(finished))
+            if isinstance(end, StreamAbort):
+                yield end
+                return
+            if end is not None:
+                yield emulator_pb2.GenerateResponse(summary=self._summary(session))
                 return
 
-
-def validate_request(
-    request: emulator_pb2.GenerateRequest, profiles: Profiles
-) -> str | None:
-    """Return why `request` is invalid, naming the field and accepted range."""
-    window = profiles.model.max_context_tokens
-    if request.input_tokens < 1:
-        return f"input_tokens must be at least 1, got {request.input_tokens}"
-    if request.output_tokens < 1:
-        return f"output_tokens must be at least 1, got {request.output_tokens}"
-    if request.input_tokens + request.output_tokens > window:
-        return (
-            f"input_tokens + output_tokens must be at most {window} "
-            f"({profiles.model.name} context window), got "
-            f"{request.input_tokens + request.output_tokens}"
+    def _summary(self, session: RequestSession) -> emulator_pb2.GenerateSummary:
+        record = session.record
+        assert record is not None
+        arrival_s = session.arrival_s
+        first_s = session.first_token_s or arrival_s
+        last_s = session.last_token_s or arrival_s
+        queue_s, prefill_s, transfer_s = session.summed_times_s()
+        self._stats.add_finished(session.spec.input_tokens, record.cached_tokens)
+        summary = emulator_pb2.GenerateSummary(
+            request_id=session.spec.request_id,
+            output_tokens=session.tokens_emitted,
+            emulated_ttft_ms=(first_s - arrival_s) * 1e3,
+            emulated_e2e_ms=(last_s - arrival_s) * 1e3,
+            emulated_queue_ms=queue_s * 1e3,
+            emulated_prefill_ms=prefill_s * 1e3,
+            emulated_kv_transfer_ms=transfer_s * 1e3,
+            cached_tokens=record.cached_tokens,
+            prefill_instance=max(record.prefill_instance, 0),
+            decode_instance=max(record.decode_instance, 0),
+            emulated_arrival_ms=arrival_s * 1e3,
+            cached_tokens_hbm=record.cached_tokens_hbm,
+            cached_tokens_pool=record.cached_tokens_pool,
+            emulated_cache_load_ms=record.cache_load_s * 1e3,
+            faults=self._runtime.fault_labels(session),
+            restarts=session.attempt_count - 1,
         )
-    hashes = len(request.prefix_block_hashes)
-    if hashes and request.block_tokens < 1:
-        return "block_tokens must be at least 1 when prefix_block_hashes are given"
-    if hashes:
-        blocks = math.ceil(request.input_tokens / request.block_tokens)
-        if hashes > blocks:
-            return (
-                f"prefix_block_hashes has {hashes} blocks of {request.block_tokens} "
-                f"tokens but input_tokens {request.input_tokens} fills only {blocks}"
+        if session.tokens_emitted > 1:
+            summary.emulated_tpot_ms = (
+                (last_s - first_s) * 1e3 / (session.tokens_emitted - 1)
             )
-    return None
+        return summary
+
+    def _fault_metadata(self, session: RequestSession) -> tuple[tuple[str, str], ...]:
+        labels = self._runtime.fault_labels(session)
+        return ((FAULTS_METADATA_KEY, ",".join(labels)),) if labels else ()
+
+
+_SHUTTING_DOWN = (
+    "the server is shutting down; send the request to another server or "
+    "retry when it is back"
+)
+
+
+def _spec_from(request: emulator_pb2.GenerateRequest) -> RequestSpec:
+    return RequestSpec(
+        request_id=request.request_id or uuid.uuid4().hex,
+        input_tokens=prompt_tokens(request),
+        output_tokens=request.output_tokens,
+        prefix_block_hashes=tuple(request.prefix_block_hashes),
+        block_tokens=request.block_tokens,
+        session_id=request.session_id,
+    )
+
+
+def _chunk(
+    first_index: int, times_s: list[float], arrival_s: float, vocab_size: int
+) -> emulator_pb2.TokenChunk:
+    """Build the chunk of tokens first_index, first_index + 1, ... made at times_s."""
+    indexes = range(first_index, first_index + len(times_s))
+    return emulator_pb2.TokenChunk(
+        first_index=first_index,
+        token_ids=[_token_id(index, vocab_size) for index in indexes],
+        emulated_ms=[(at_s - arrival_s) * 1e3 for at_s in times_s],
+    )
 
 
 def _token_id(index: int, vocab_size: int) -> int:
@@ -232,80 +334,240 @@ def _token_id(index: int, vocab_size: int) -> int:
     return (1000 + index * 7919) % vocab_size
 
 
-def _summary(record: RequestRecord) -> emulator_pb2.GenerateSummary:
-    arrival_s = record.arrival_s
-    first_s = record.first_token_s if record.first_token_s is not None else arrival_s
-    last_s = record.last_token_s if record.last_token_s is not None else arrival_s
-    summary = emulator_pb2.GenerateSummary(
-        request_id=record.spec.request_id,
-        output_tokens=record.tokens_out,
-        emulated_ttft_ms=(first_s - arrival_s) * 1e3,
-        emulated_e2e_ms=(last_s - arrival_s) * 1e3,
-        emulated_queue_ms=record.queue_s * 1e3,
-        emulated_prefill_ms=record.prefill_s * 1e3,
-        emulated_kv_transfer_ms=record.kv_transfer_s * 1e3,
-        cached_tokens=record.cached_tokens,
-        prefill_instance=max(record.prefill_instance, 0),
-        decode_instance=max(record.decode_instance, 0),
-        emulated_arrival_ms=arrival_s * 1e3,
-        cached_tokens_hbm=record.cached_tokens_hbm,
-        cached_tokens_pool=record.cached_tokens_pool,
-        emulated_cache_load_ms=record.cache_load_s * 1e3,
+@dataclass(frozen=True)
+class _Drop:
+    keep_tokens: int
+    abort: StreamAbort
+
+
+def _drop_now(
+    session: RequestSession,
+    sent_tokens: int,
+    new_tokens: int,
+    end: SessionEnd | StreamAbort | None,
+) -> _Drop | None:
+    """Return how to cut the stream when its injected drop point is reached."""
+    drop_after = session.drop_after_tokens
+    if drop_after is None or isinstance(end, StreamAbort):
+        return None
+    if sent_tokens + new_tokens < drop_after and end is None:
+        return None
+    keep = max(0, min(new_tokens, drop_after - sent_tokens))
+    details = (
+        f"stream dropped after {sent_tokens + keep} tokens by injected fault "
+        f"{session.drop_label}"
     )
-    if record.tokens_out > 1:
-        summary.emulated_tpot_ms = (last_s - first_s) * 1e3 / (record.tokens_out - 1)
-    return summary
+    return _Drop(keep, StreamAbort(grpc.StatusCode.UNAVAILABLE, details))
+
+
+async def _delayed(
+    messages: AsyncIterator[emulator_pb2.GenerateResponse | StreamAbort],
+    delay_s: float,
+) -> AsyncIterator[emulator_pb2.GenerateResponse | StreamAbort]:
+    """Yield each message `delay_s` after it was made, as a slower network would.
+
+    A task keeps taking messages while earlier ones wait, so the delay does
+    not add up along the stream.
+    """
+    line: asyncio.Queue[tuple[float, emulator_pb2.GenerateResponse | StreamAbort]]
+    line = asyncio.Queue()
+    done = object()
+
+    async def pump() -> None:
+        async for message in messages:
+            line.put_nowait((time.perf_counter() + delay_s, message))
+
+    task = asyncio.create_task(pump())
+    task.add_done_callback(lambda _: line.put_nowait((0.0, done)))  # type: ignore[arg-type]
+    try:
+        while True:
+            due_at, message = await line.get()
+            if message is done:
+                break
+            wait_s = due_at - time.perf_counter()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            yield message
+        await task  # raises what the pump raised
+    finally:
+        task.cancel()
+
+
+@dataclass
+class RunningEmulator:
+    """A started emulator: its servers, ports and model."""
+
+    server: grpc.aio.Server
+    port: int
+    runtime: PacedRuntime
+    service: EmulatorService
+    stats: ServerStats
+    health: health.aio.HealthServicer
+    control_server: grpc.aio.Server | None = None
+    control_port: int | None = None
+    metrics: MetricsExporter | None = None
+
+    async def shutdown(self, grace_s: float) -> int:
+        """Stop taking requests, drain open streams, then end the rest.
+
+        Health checks turn NOT_SERVING and new calls get UNAVAILABLE at once.
+        Streams get `grace_s` seconds to finish; those still open end with
+        UNAVAILABLE naming the grace period. Returns how many were ended so.
+        """
+        await self.health.enter_graceful_shutdown()
+        self.service.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.service.open_sessions and loop.time() < deadline:
+            await asyncio.sleep(min(_DRAIN_POLL_S, max(0.0, deadline - loop.time())))
+
+        cut = list(self.service.open_sessions)
+        for session in cut:
+            session.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the server is shutting down and the stream did not finish "
+                f"within the {grace_s:g} s grace period",
+            )
+        if cut:
+            logger.warning(
+                "ended %d streams still open after the grace period", len(cut)
+            )
+        await self.server.stop(_ABORT_FLUSH_S)
+        if self.control_server is not None:
+            await self.control_server.stop(_ABORT_FLUSH_S)
+        if self.metrics is not None:
+            self.metrics.close()
+        await self.runtime.stop()
+        return len(cut)
+
+
+async def start_emulator(
+    profiles: Profiles, options: ServerOptions, seed: int = 0
+) -> RunningEmulator:
+    """Create, bind and start the servers; return them with their ports.
+
+    Raises OSError when an address cannot be bound, ConfigError when a TLS
+    file cannot be read, and FaultError when the fault schedule does not fit
+    the deployment.
+    """
+    runtime = PacedRuntime(
+        profiles,
+        options.time_scale,
+        seed,
+        admission=options.admission,
+        failed_instance_policy=options.failed_instance_policy,
+        fault_schedule=options.fault_schedule,
+    )
+    stats = ServerStats()
+    credentials = options.tls.credentials() if options.tls is not None else None
+    server = grpc.aio.server(options=list(_GRPC_OPTIONS))
+    service = EmulatorService(runtime, stats, options)
+    emulator_pb2_grpc.add_EmulatorServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    services = [SERVICE_NAME]
+
+    control_server = None
+    if options.control_enabled:
+        control = ControlService(runtime, stats)
+        control_server = server
+        if options.control_port is not None:
+            control_server = grpc.aio.server(options=list(_GRPC_OPTIONS))
+            _add_standard_services(
+                control_server, health_servicer, [CONTROL_SERVICE_NAME]
+            )
+        control_pb2_grpc.add_ControlServicer_to_server(control, control_server)
+        if control_server is server:
+            services.append(CONTROL_SERVICE_NAME)
+    _add_standard_services(server, health_servicer, services)
+
+    port = _bind(server, options.host, options.port, credentials)
+    running = RunningEmulator(server, port, runtime, service, stats, health_servicer)
+    if control_server is not None and control_server is not server:
+        assert options.control_port is not None
+        running.control_server = control_server
+        running.control_port = _bind(
+            control_server, options.host, options.control_port, credentials
+        )
+    elif control_server is server:
+        running.control_port = port
+
+    runtime.start()
+    await server.start()
+    if running.control_server is not None:
+        await running.control_server.start()
+    for name in ("", SERVICE_NAME, CONTROL_SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if options.metrics_port is not None:
+        running.metrics = MetricsExporter(
+            options.metrics_host,
+            options.metrics_port,
+            asyncio.get_running_loop(),
+            lambda: collect_metrics(runtime, stats),
+        )
+    return running
+
+
+def _add_standard_services(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    services: list[str],
+) -> None:
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [
+        *services,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+
+
+def _bind(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    address = _format_address(host, port)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise OSError(f"cannot bind {address}: {error}") from None
+    if bound == 0:
+        raise OSError(f"cannot bind {address}")
+    return int(bound)
 
 
 async def build_server(
     profiles: Profiles, options: ServerOptions, seed: int = 0
 ) -> tuple[grpc.aio.Server, int, PacedRuntime]:
-    """Create, bind and start the server; return it, its port and its runtime.
+    """Start an emulator; return its server, port and runtime.
 
-    Raises OSError when the address cannot be bound.
+    For callers that stop it with `server.stop` and `runtime.stop`, which
+    suits options without a separate control port or a metrics endpoint.
     """
-    runtime = PacedRuntime(profiles, options.time_scale, seed)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
-    emulator_pb2_grpc.add_EmulatorServicer_to_server(
-        EmulatorService(runtime, options), server
-    )
-
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-
-    address = _format_address(options.host, options.port)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind {address}")
-    runtime.start()
-    await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, runtime
+    running = await start_emulator(profiles, options, seed)
+    return running.server, running.port, running.runtime
 
 
 async def run_server(profiles: Profiles, options: ServerOptions, seed: int = 0) -> None:
-    """Serve until SIGINT or SIGTERM, then stop within `options.grace_s`."""
-    server, port, runtime = await build_server(profiles, options, seed)
-    # The port line is read by scripts and tests that start with port 0.
+    """Serve until SIGINT or SIGTERM, then drain within `options.grace_s`."""
+    running = await start_emulator(profiles, options, seed)
+    scheme = "TLS" if options.tls is not None else "plaintext"
+    # The first line is read by scripts and tests that start with port 0.
     print(
-        f"cmx serve: listening on {_format_address(options.host, port)} "
-        f"(time scale {options.time_scale:g})",
+        f"cmx serve: listening on {_format_address(options.host, running.port)} "
+        f"(time scale {options.time_scale:g}, {scheme})",
         flush=True,
     )
+    if running.control_server is not None and running.control_port is not None:
+        address = _format_address(options.host, running.control_port)
+        print(f"cmx serve: control service on {address}", flush=True)
+    if running.metrics is not None:
+        address = _format_address(options.metrics_host, running.metrics.port)
+        print(f"cmx serve: Prometheus metrics on http://{address}/metrics", flush=True)
     logger.info("serving %s deployment %s", profiles.hardware.name, profiles.deployment)
 
     stop = asyncio.Event()
@@ -315,9 +577,10 @@ async def run_server(profiles: Profiles, options: ServerOptions, seed: int = 0) 
     await stop.wait()
 
     logger.info("stopping: letting streams finish for up to %.1f s", options.grace_s)
-    await server.stop(options.grace_s)
-    await runtime.stop()
-    print("cmx serve: stopped", flush=True)
+    cut = await running.shutdown(options.grace_s)
+    print(
+        f"cmx serve: stopped ({cut} streams ended after the grace period)", flush=True
+    )
 
 
 def _format_address(host: str, port: int) -> str:

@@ -425,6 +425,7 @@ def _record_values(record: RequestRecord, offset_ms: float) -> dict[str, object]
         "cached_tokens_hbm": record.cached_tokens_hbm,
         "cached_tokens_pool": record.cached_tokens_pool,
         "cache_load_ms": record.cache_load_s * 1e3,
+        "faults": [],
     }
 
 
@@ -442,6 +443,7 @@ def _rejected_values(row: _Rejected) -> dict[str, object]:
         "error": row.error,
         "wall_e2e_ms": 0.0,
         "measured": True,
+        "faults": [],
     }
 
 

@@ -4,7 +4,16 @@ This package uses `traces` and the generated gRPC stubs in `cmx.v1`, never the
 emulator's internals.
 """
 
-from replay.client import Outcome, generate, open_channel
+from replay.client import (
+    AsyncEmulatorClient,
+    EmulatorClient,
+    Outcome,
+    RetryPolicy,
+    TlsConfig,
+    generate,
+    generate_sync,
+    open_channel,
+)
 from replay.errors import ReplayError
 from replay.metrics import Slo, SloMetric, TokenGaps, parse_slo
 from replay.results import (
@@ -19,20 +28,25 @@ from replay.summary import RunMetrics, summarize_results
 
 __all__ = [
     "RESULTS_SCHEMA",
+    "AsyncEmulatorClient",
+    "EmulatorClient",
     "Outcome",
     "ReplayConfig",
     "ReplayError",
     "ReplaySummary",
     "ResultRow",
     "ResultsWriter",
+    "RetryPolicy",
     "RunMetrics",
     "ScheduleWindow",
     "Slo",
     "SloMetric",
+    "TlsConfig",
     "TokenGaps",
     "TracePlan",
     "emulated_latencies",
     "generate",
+    "generate_sync",
     "open_channel",
     "parse_slo",
     "plan_schedule",

@@ -110,6 +110,7 @@ class ResultRow:
     cached_tokens_hbm: int | None = None
     cached_tokens_pool: int | None = None
     cache_load_ms: float | None = None
+    faults: tuple[str, ...] = ()
 
 
 def parts_dir_for(path: str | Path) -> Path:

@@ -285,6 +285,7 @@ def build_row(
         cached_tokens_hbm=summary.cached_tokens_hbm if summary else None,
         cached_tokens_pool=summary.cached_tokens_pool if summary else None,
         cache_load_ms=summary.emulated_cache_load_ms if summary else None,
+        faults=outcome.faults,
     )
     if not slos:
         return row

@@ -37,6 +37,8 @@ timestamps, which count from the request's arrival at the emulator.
 | cached_tokens_hbm      | int64, null    | cached_tokens found in the instance's HBM  |
 | cached_tokens_pool     | int64, null    | cached_tokens loaded from the DRAM pool    |
 | cache_load_ms          | float64, null  | emulated pool load time, in prefill_ms     |
+| faults                 | list<string>   | "ID:KIND" of injected faults that touched  |
+|                        |                | the request; empty when none               |
 
 The columns from itl_ms_p50 on were added after schema version 1 first
 shipped. They are nullable, and readers select columns by name, so files with
@@ -108,6 +110,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("cached_tokens_hbm", pa.int64(), nullable=True),
         pa.field("cached_tokens_pool", pa.int64(), nullable=True),
         pa.field("cache_load_ms", pa.float64(), nullable=True),
+        pa.field("faults", pa.list_(pa.string()), nullable=False),
     ]
 )
 

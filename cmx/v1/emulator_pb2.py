@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63mx/v1/emulator.proto\x12\x06\x63mx.v1\"\x99\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x1b\n\x13prefix_block_hashes\x18\x04 \x03(\x04\x12\x14\n\x0c\x62lock_tokens\x18\x05 \x01(\r\x12\x12\n\nsession_id\x18\x06 \x01(\t\"I\n\nTokenChunk\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x13\n\x0b\x65mulated_ms\x18\x03 \x03(\x01\"\xba\x03\n\x0fGenerateSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x18\n\x10\x65mulated_ttft_ms\x18\x03 \x01(\x01\x12\x1d\n\x10\x65mulated_tpot_ms\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0f\x65mulated_e2e_ms\x18\x05 \x01(\x01\x12\x19\n\x11\x65mulated_queue_ms\x18\x06 \x01(\x01\x12\x1b\n\x13\x65mulated_prefill_ms\x18\x07 \x01(\x01\x12\x1f\n\x17\x65mulated_kv_transfer_ms\x18\x08 \x01(\x01\x12\x15\n\rcached_tokens\x18\t \x01(\r\x12\x18\n\x10prefill_instance\x18\n \x01(\r\x12\x17\n\x0f\x64\x65\x63ode_instance\x18\x0b \x01(\r\x12\x1b\n\x13\x65mulated_arrival_ms\x18\x0c \x01(\x01\x12\x19\n\x11\x63\x61\x63hed_tokens_hbm\x18\x14 \x01(\r\x12\x1a\n\x12\x63\x61\x63hed_tokens_pool\x18\x15 \x01(\r\x12\x1e\n\x16\x65mulated_cache_load_ms\x18\x16 \x01(\x01\x42\x13\n\x11_emulated_tpot_ms\"k\n\x10GenerateResponse\x12#\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.cmx.v1.TokenChunkH\x00\x12*\n\x07summary\x18\x02 \x01(\x0b\x32\x17.cmx.v1.GenerateSummaryH\x00\x42\x06\n\x04kind2K\n\x08\x45mulator\x12?\n\x08Generate\x12\x17.cmx.v1.GenerateRequest\x1a\x18.cmx.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63mx/v1/emulator.proto\x12\x06\x63mx.v1\"\xb3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x1b\n\x13prefix_block_hashes\x18\x04 \x03(\x04\x12\x14\n\x0c\x62lock_tokens\x18\x05 \x01(\r\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x07 \x03(\r\"I\n\nTokenChunk\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x13\n\x0b\x65mulated_ms\x18\x03 \x03(\x01\"\xdc\x03\n\x0fGenerateSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x18\n\x10\x65mulated_ttft_ms\x18\x03 \x01(\x01\x12\x1d\n\x10\x65mulated_tpot_ms\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0f\x65mulated_e2e_ms\x18\x05 \x01(\x01\x12\x19\n\x11\x65mulated_queue_ms\x18\x06 \x01(\x01\x12\x1b\n\x13\x65mulated_prefill_ms\x18\x07 \x01(\x01\x12\x1f\n\x17\x65mulated_kv_transfer_ms\x18\x08 \x01(\x01\x12\x15\n\rcached_tokens\x18\t \x01(\r\x12\x18\n\x10prefill_instance\x18\n \x01(\r\x12\x17\n\x0f\x64\x65\x63ode_instance\x18\x0b \x01(\r\x12\x1b\n\x13\x65mulated_arrival_ms\x18\x0c \x01(\x01\x12\x0e\n\x06\x66\x61ults\x18\r \x03(\t\x12\x10\n\x08restarts\x18\x0e \x01(\r\x12\x19\n\x11\x63\x61\x63hed_tokens_hbm\x18\x14 \x01(\r\x12\x1a\n\x12\x63\x61\x63hed_tokens_pool\x18\x15 \x01(\r\x12\x1e\n\x16\x65mulated_cache_load_ms\x18\x16 \x01(\x01\x42\x13\n\x11_emulated_tpot_ms\"k\n\x10GenerateResponse\x12#\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.cmx.v1.TokenChunkH\x00\x12*\n\x07summary\x18\x02 \x01(\x0b\x32\x17.cmx.v1.GenerateSummaryH\x00\x42\x06\n\x04kind2K\n\x08\x45mulator\x12?\n\x08Generate\x12\x17.cmx.v1.GenerateRequest\x1a\x18.cmx.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cmx.v1.emulator_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=34
-  _globals['_GENERATEREQUEST']._serialized_end=187
-  _globals['_TOKENCHUNK']._serialized_start=189
-  _globals['_TOKENCHUNK']._serialized_end=262
-  _globals['_GENERATESUMMARY']._serialized_start=265
-  _globals['_GENERATESUMMARY']._serialized_end=707
-  _globals['_GENERATERESPONSE']._serialized_start=709
-  _globals['_GENERATERESPONSE']._serialized_end=816
-  _globals['_EMULATOR']._serialized_start=818
-  _globals['_EMULATOR']._serialized_end=893
+  _globals['_GENERATEREQUEST']._serialized_end=213
+  _globals['_TOKENCHUNK']._serialized_start=215
+  _globals['_TOKENCHUNK']._serialized_end=288
+  _globals['_GENERATESUMMARY']._serialized_start=291
+  _globals['_GENERATESUMMARY']._serialized_end=767
+  _globals['_GENERATERESPONSE']._serialized_start=769
+  _globals['_GENERATERESPONSE']._serialized_end=876
+  _globals['_EMULATOR']._serialized_start=878
+  _globals['_EMULATOR']._serialized_end=953
 # @@protoc_insertion_point(module_scope)

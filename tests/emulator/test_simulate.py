@@ -166,23 +166,43 @@ MEANS = (
     "FROM read_parquet(?)"
 )
 
-# Replay timing differs from virtual time by the send lag (a few ms of wall
-# time, times the time scale) and by the order of arrivals within it, which
-# shifts batching and the MTP draws a little. A time scale of 10 keeps that
-# shift small on a loaded machine; 50 failed once at a load average of 8.
+# The replay sends each request a little late (send lag, times the time
+# scale in emulated time), and the server takes a little longer still to see
+# it. So the simulation runs the trace with the arrivals the replay actually
+# produced, and the trace has no prefix hashes: cache-aware routing would turn
+# a shift of a few emulated ms into a different instance and cache hit.
 MEAN_TOLERANCE = 0.10
+REPLAYED_ARRIVALS = """
+SELECT t.* REPLACE (r.actual_send_ms * ? AS arrival_ms)
+FROM read_parquet(?) AS t JOIN read_parquet(?) AS r USING (request_id)
+ORDER BY arrival_ms, request_id
+"""
+WITHOUT_HASHES = """
+SELECT * REPLACE ([]::UBIGINT[] AS prefix_block_hashes, 0 AS block_tokens)
+FROM read_parquet(?)
+"""
 
 
 def test_simulate_agrees_with_replay(tmp_path: Path) -> None:
-    trace = generated_trace(tmp_path, requests=40, rate=2, seed=11)
-    simulated = tmp_path / "simulated.parquet"
+    speedup = 10.0
+    generated = generated_trace(tmp_path, requests=40, rate=2, seed=11)
+    connection = duckdb.connect()
+    trace = tmp_path / "no_hashes.parquet"
+    no_hashes = connection.sql(WITHOUT_HASHES, params=[str(generated)]).to_arrow_table()
+    write_trace(no_hashes, trace)
     replayed = tmp_path / "replayed.parquet"
-    assert main(["simulate", str(trace), "-o", str(simulated)]) == 0
-    with start_server(tmp_path / "server.log", time_scale=10.0) as target:
+    with start_server(tmp_path / "server.log", time_scale=speedup) as target:
         replay = ["replay", str(trace), "--target", target, "--speedup", "10"]
         assert main([*replay, "-o", str(replayed)]) == 0
 
-    connection = duckdb.connect()
+    as_sent = connection.sql(
+        REPLAYED_ARRIVALS, params=[speedup, str(trace), str(replayed)]
+    ).to_arrow_table()
+    sent_trace = tmp_path / "as_sent.parquet"
+    write_trace(as_sent, sent_trace)
+    simulated = tmp_path / "simulated.parquet"
+    assert main(["simulate", str(sent_trace), "-o", str(simulated)]) == 0
+
     sim = connection.execute(MEANS, [str(simulated)]).fetchone()
     rep = connection.execute(MEANS, [str(replayed)]).fetchone()
     assert sim is not None and rep is not None
