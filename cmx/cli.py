@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cmx import demo
     from emulator import cli as emulator_cli
     from replay import cli as replay_cli
-    from traces import analyze_cli
+    from traces import analyze_cli, compare, report
     from traces import cli as traces_cli
 
     parser = argparse.ArgumentParser(
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     emulator_cli.register(subparsers)
     replay_cli.register(subparsers)
     analyze_cli.register(subparsers)
+    compare.register(subparsers)
+    report.register(subparsers)
     demo.register(subparsers)
     return parser
 
