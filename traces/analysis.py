@@ -1,9 +1,9 @@
 """Analysis of replay and simulation results with DuckDB.
 
-`Analysis` opens one or more results paths (files, directories such as a
-killed run's `<output>.parts`, or globs), defines the `results`, `trace` and
-`trace_reuse` views on a private DuckDB connection (see `traces.views`) and
-runs the canned queries of `traces.queries` or ad hoc SQL on them.
+`Analysis` opens one or more results paths: files, directories such as a
+killed run's `<output>.parts`, or globs. It defines the `results`, `trace`
+and `trace_reuse` views on a private DuckDB connection (see `traces.views`)
+and runs the canned queries of `traces.queries` or ad hoc SQL on them.
 `summarize` keeps the one-call summary of a single run.
 
 Percentiles everywhere are DuckDB's `quantile_cont`, numpy's default
@@ -211,7 +211,7 @@ def bind_params(query: CannedQuery, values: Mapping[str, object]) -> dict[str, o
 def parse_param(param: QueryParam, value: object) -> object:
     """Convert `value` (a Python value or command-line text) for `param`.
 
-    Returns a float, an int, None or a list, as the parameter's kind says.
+    Returns a float, an int, None or a list, as the parameter's kind requires.
     Raises AnalysisError naming the parameter and the accepted range.
     """
     try:
@@ -296,13 +296,13 @@ def summarize(results_path: str | Path | Sequence[str | Path]) -> dict[str, Any]
     never NaN; a run with no rows has 0 requests.
 
     Raises TraceFormatError when no results file is readable, and
-    AnalysisError when the path holds more than one run.
+    AnalysisError when the path contains more than one run.
     """
     with Analysis(results_path) as analysis:
         runs = analysis.source.runs
         if len(runs) > 1:
             raise AnalysisError(
-                f"{', '.join(analysis.source.patterns)} holds {len(runs)} runs "
+                f"{', '.join(analysis.source.patterns)} contains {len(runs)} runs "
                 f"({', '.join(runs)}); summarize one run, or run the 'summary' "
                 "query for a row per run"
             )

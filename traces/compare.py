@@ -54,7 +54,7 @@ EXIT_WORSE = 1
 
 
 class Direction(Enum):
-    """Which way a metric improves."""
+    """Direction in which a metric improves."""
 
     LOWER_IS_BETTER = "lower"
     HIGHER_IS_BETTER = "higher"
@@ -62,7 +62,7 @@ class Direction(Enum):
 
 
 class Verdict(Enum):
-    """How run B compares with run A on one metric."""
+    """Outcome of comparing run B with run A on one metric."""
 
     BETTER = "better"
     WORSE = "worse"
@@ -163,7 +163,7 @@ def collect_metrics(
     runs = analysis.source.runs
     if len(runs) != 1:
         raise AnalysisError(
-            f"{', '.join(analysis.source.patterns)} holds {len(runs)} runs "
+            f"{', '.join(analysis.source.patterns)} contains {len(runs)} runs "
             f"({', '.join(runs)}); compare takes one run on each side"
         )
 
@@ -212,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Print each metric of run A and run B, the change B - A and a "
             "verdict: better, worse or same (within the tolerance). A and B are "
-            "results files, directories or quoted globs holding one run each."
+            "results files, directories or quoted globs of one run each."
         ),
     )
     parser.add_argument("a", metavar="A", help="results of the baseline run")

@@ -1,9 +1,10 @@
 """Printing and saving query results as a table, JSON, CSV or Parquet.
 
-JSON is an array with one object per row; NULL is `null`, and so are NaN
-and infinite values, which JSON cannot represent (the canned queries return
-none; ad hoc SQL might). CSV has a header row and an empty field for NULL.
-Parquet keeps the column types and needs an output file.
+JSON is an array with one object per row. NULL is written as `null`, and
+so are NaN and infinite values, because JSON cannot represent them (the
+canned queries return none, but ad hoc SQL might). CSV has a header row
+and an empty field for NULL. Parquet keeps the column types and needs an
+output file.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 class OutputFormat(Enum):
-    """How a query result is written."""
+    """Output format of a query result."""
 
     TABLE = "table"
     JSON = "json"

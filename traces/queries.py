@@ -94,7 +94,7 @@ class CannedQuery:
     """A named SQL query over the analysis views.
 
     `params` are the user-settable parameters; `fixed_params` are bound
-    constants such as the `ok` status. `needs_trace` says whether the query
+    constants such as the `ok` status. `needs_trace` is true when the query
     reads the `trace` or `trace_reuse` view.
     """
 
@@ -282,7 +282,7 @@ window_shares AS (
             least(end_s, (window_index + 1) * $window_s)
             - greatest(first_token_s, window_index * $window_s)
         ) AS streaming_s,
-        floor(first_token_s / $window_s) = window_index AS holds_first_token
+        floor(first_token_s / $window_s) = window_index AS contains_first_token
     FROM pieces
 ),
 occupancy AS (
@@ -294,11 +294,11 @@ occupancy AS (
         window_index,
         sum(busy_s) AS busy_s,
         sum(CASE WHEN streams THEN
-            CASE WHEN holds_first_token THEN 1 ELSE 0 END
+            CASE WHEN contains_first_token THEN 1 ELSE 0 END
             + CASE
                 WHEN end_s > first_token_s
                     THEN (tokens - 1) * streaming_s / (end_s - first_token_s)
-                WHEN holds_first_token THEN tokens - 1
+                WHEN contains_first_token THEN tokens - 1
                 ELSE 0
             END
         ELSE 0 END) AS tokens

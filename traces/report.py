@@ -1,6 +1,6 @@
 """`cmx report`: a self-contained HTML page about one or more runs.
 
-The page holds the summary, latency CDFs, time series with burst windows
+The page contains the summary, latency CDFs, time series with burst windows
 shaded, SLO attainment by prompt-length and output-length bucket, cache hit
 rates against the trace's ideal reuse, load per instance, send lag and each
 run's configuration. Figures are inline SVG and the styles are inline CSS;

@@ -124,7 +124,7 @@ def _shade_bursts(
 
 def _nan_for_none(value: object) -> float:
     # matplotlib leaves a gap at NaN, which is how a window without values
-    # should look; the data itself never holds NaN.
+    # should look. The query results contain no NaN.
     return float("nan") if value is None else float(value)  # type: ignore[arg-type]
 
 

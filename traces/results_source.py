@@ -14,8 +14,8 @@ from its footer only:
   of its type. Columns this module does not know (added by newer writers)
   are kept as they are, and files without them read NULL there.
 - The schema version in `cmx.results.schema_version` is recorded. Files
-  without one, or with a version newer than this module knows, are still
-  read by column name, and `ResultsSource.warnings` says so.
+  without one, or with a version newer than this module reads, are still
+  read by column name, and `ResultsSource.warnings` lists them.
 
 Runs: every file belongs to one run, labelled by `run_id` in the file's run
 configuration (`cmx.results.run_config`, JSON) when present. Otherwise the
@@ -101,7 +101,7 @@ DERIVED_COLUMNS: tuple[str, ...] = ("run", "speedup", "source_file")
 
 
 class ColumnKind(Enum):
-    """How a Parquet column relates to the DuckDB type it is read as."""
+    """Relation of a Parquet column's type to the DuckDB type it is read as."""
 
     EXACT = "exact"
     CAST = "cast"
@@ -111,9 +111,10 @@ class ColumnKind(Enum):
 def column_kind(arrow_type: pa.DataType, duckdb_type: str) -> ColumnKind:
     """Classify `arrow_type` against `duckdb_type`.
 
-    Integers and floats convert to each other with a cast, large strings to
-    strings, and a column of Arrow's null type (every value NULL, as written
-    without a schema) to anything; any other difference is incompatible.
+    Integers and floats convert to each other with a cast, and so do large
+    strings to strings. A column of Arrow's null type (every value NULL, as
+    pyarrow writes it without a schema) casts to any type. Any other
+    difference is incompatible.
     """
     if pa.types.is_null(arrow_type):
         return ColumnKind.CAST
@@ -160,8 +161,8 @@ class SkippedFile:
 class ResultsSource:
     """The readable files behind a set of results paths, grouped into runs.
 
-    `runs` holds the run labels, sorted; `warnings` notes files read by
-    column name only.
+    `runs` contains the run labels, sorted. `warnings` lists the files read
+    by column name only.
     """
 
     patterns: tuple[str, ...]
@@ -293,7 +294,7 @@ def _resolve_one(pattern: str) -> list[str]:
 def _inspect_file(
     file_path: str,
 ) -> tuple[dict[str, pa.DataType], dict[bytes, bytes]] | SkippedFile:
-    """Read the schema and key-value metadata of one file, or say why not."""
+    """Read the schema and key-value metadata of one file, or why it is skipped."""
     try:
         schema = pq.read_schema(file_path)
     except (OSError, pa.ArrowException) as error:
@@ -383,7 +384,7 @@ def _version_warning(results_file: ResultsFile) -> str | None:
     if not version.isdigit() or int(version) > SCHEMA_VERSION:
         return (
             f"{results_file.path}: results schema version {version} is newer than "
-            f"this version of cmx knows ({SCHEMA_VERSION}); reading its columns "
+            f"this version of cmx reads ({SCHEMA_VERSION}); reading its columns "
             "by name"
         )
     return None

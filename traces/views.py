@@ -2,17 +2,17 @@
 
 `create_views` defines, on one connection:
 
-- `results`: every row of every readable results file, with the known
-  results columns typed as in `RESULT_COLUMN_TYPES` (NULL where a file lacks
-  one), any other columns the files carry, and three added columns: `run`
-  (the run label), `speedup` (the run's replay speed-up, 1 when unknown) and
-  `source_file` (the file the row came from).
+- `results`: every row of every readable results file. The known results
+  columns are typed as in `RESULT_COLUMN_TYPES`, NULL where a file lacks
+  one, and any other columns the files carry are kept. Three columns are
+  added: `run` (the run label), `speedup` (the run's replay speed-up, 1 when
+  unknown) and `source_file` (the file the row came from).
 - `trace`: the trace rows of each run, joined to results by
   `(run, request_id)`, with `trace_row` (0-based row in the trace file) and
   `session_turn` (1 for a session's first request by arrival, NULL without a
   session). A run's trace is the file named by `--trace`, or else the
   `trace_path` of its run configuration; a run whose trace cannot be found
-  or read has no rows here, and `TraceViews.missing` says why.
+  or read has no rows here, and `TraceViews.missing` gives the reason.
 - `trace_reuse`: per trace request, the ideal prefix reuse, that is, what an
   infinite prefix cache could serve. A block is reused when its hash is in
   a request that comes earlier in the trace (by `arrival_ms`, then by row).
@@ -130,7 +130,7 @@ LEFT JOIN per_request AS p USING (run, request_id)
 
 @dataclass(frozen=True)
 class TraceViews:
-    """Which runs have trace rows, and why the others do not.
+    """Trace files found for the runs, and the reasons for runs without one.
 
     `paths` maps a run to the trace file read for it; `missing` maps a run
     to the reason it has none.

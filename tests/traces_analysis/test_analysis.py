@@ -239,7 +239,7 @@ def test_two_runs_refused_by_summarize(tmp_path: Path) -> None:
     write_results(tmp_path / "a.parquet", ROWS[:2], version_and_speedup(1.0))
     write_results(tmp_path / "b.parquet", ROWS[2:], version_and_speedup(2.0))
 
-    with pytest.raises(AnalysisError, match=r"holds 2 runs \(a, b\)"):
+    with pytest.raises(AnalysisError, match=r"contains 2 runs \(a, b\)"):
         summarize(tmp_path)
 
 

@@ -187,7 +187,7 @@ def test_json_shorthand_refuses_two_runs(
     status, _, err = analyze([str(tmp_path), "--json"], capsys)
 
     assert status == 2
-    assert "holds 2 runs (a, b)" in err
+    assert "contains 2 runs (a, b)" in err
 
 
 def test_list_queries(capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ def test_compare_refuses_several_runs(
     status = main(["compare", str(runs), str(runs / "x.parquet")])
 
     assert status == 2
-    assert "holds 2 runs (x, y); compare takes one run" in capsys.readouterr().err
+    assert "contains 2 runs (x, y); compare takes one run" in capsys.readouterr().err
 
 
 def test_compare_bad_tolerance(
