@@ -16,6 +16,7 @@ from typing import Any
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "cache_figure",
@@ -28,7 +29,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SVG_SETTINGS: dict[Any, Any] = {"svg.fonttype": "path", "svg.hashsalt": "cmx-report"}
+# No date, so the same data gives the same bytes, and no creator or type
+# entries, whose URLs could be mistaken for links.
+_SVG_METADATA: dict[str, Any] = {
+    "Date": None,
+    "Creator": None,
+    "Format": None,
+    "Type": None,
+}
 _BURST_COLOR = "#f4a261"
+# A CDF whose values span more than this ratio gets a logarithmic x axis.
+_LOG_SCALE_RATIO = 20.0
 _CDF_LABELS = {
     "ttft_ms": "TTFT (ms)",
     "tpot_ms": "TPOT (ms)",
@@ -39,7 +50,7 @@ _CDF_LABELS = {
 def _to_svg(figure: Figure) -> str:
     buffer = io.StringIO()
     with matplotlib.rc_context(_SVG_SETTINGS):
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
+        figure.savefig(buffer, format="svg", metadata=_SVG_METADATA)
     text = buffer.getvalue()
     # Keep only the <svg> element so the markup can sit inside HTML.
     return text[text.index("<svg") :]
@@ -49,8 +60,8 @@ def cdf_figure(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
     """Plot the latency CDFs of each run.
 
     `samples[metric][run]` are the metric's quantiles at evenly spaced
-    probabilities from 0 to 1. The x axis is logarithmic when the values
-    span more than two decades.
+    probabilities from 0 to 1. The x axis is logarithmic when the largest
+    positive value exceeds 20 times the smallest.
     """
     figure = Figure(figsize=(12, 3.6), layout="constrained")
     axes_row = figure.subplots(1, len(_CDF_LABELS), squeeze=False)[0]
@@ -79,8 +90,11 @@ def _plot_cdf(axes: Axes, by_run: Mapping[str, Sequence[float]]) -> None:
     if not positive:
         axes.text(0.5, 0.5, "no values", ha="center", transform=axes.transAxes)
         return
-    if max(positive) / min(positive) > 100:
+    if max(positive) / min(positive) > _LOG_SCALE_RATIO:
         axes.set_xscale("log")
+    else:
+        # Five ticks at most, so that five-digit labels do not overlap.
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def timeseries_figure(rows: Sequence[Mapping[str, Any]], window_s: float) -> str:
