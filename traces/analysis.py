@@ -45,6 +45,7 @@ __all__ = [
     "Analysis",
     "AnalysisError",
     "QueryResult",
+    "bind_params",
     "parse_param",
     "summarize",
 ]

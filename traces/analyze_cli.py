@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from traces.analysis import Analysis, AnalysisError, summarize
@@ -15,6 +16,8 @@ from traces.queries import CANNED_QUERIES, CannedQuery
 __all__ = ["parse_param_assignments", "print_source_warnings", "register", "run"]
 
 logger = logging.getLogger(__name__)
+
+_HELP_WIDTH = 79
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -168,10 +171,9 @@ def _print_summary_json(args: argparse.Namespace) -> int:
 def _queries_epilog() -> str:
     lines = ["canned queries (-q NAME, parameters as -p NAME=VALUE):"]
     for query in CANNED_QUERIES:
-        lines.append(
-            f"  {query.name}{' (needs the trace)' if query.needs_trace else ''}"
-        )
-        lines.append(f"      {query.description}")
+        needs_trace = " (needs the trace)" if query.needs_trace else ""
+        lines.append(f"  {query.name}{needs_trace}")
+        lines.extend(_wrapped(query.description, "      "))
         lines.extend(_param_lines(query))
     return "\n".join(lines)
 
@@ -184,5 +186,16 @@ def _param_lines(query: CannedQuery) -> list[str]:
             shown = ",".join(str(item) for item in default)
         else:
             shown = "none" if default is None else str(default)
-        lines.append(f"      -p {param.name}=... {param.help} (default {shown})")
+        text = f"-p {param.name}=... {param.help} (default {shown})"
+        lines.extend(_wrapped(text, "      ", "          "))
     return lines
+
+
+def _wrapped(text: str, indent: str, later_indent: str | None = None) -> list[str]:
+    return textwrap.wrap(
+        text,
+        width=_HELP_WIDTH,
+        initial_indent=indent,
+        subsequent_indent=later_indent or indent,
+        break_on_hyphens=False,
+    )

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from traces.analysis import Analysis, AnalysisError
+from traces.analysis import Analysis, AnalysisError, QueryResult
 from traces.analyze_cli import print_source_warnings
 from traces.formats import OutputFormat, write_table
 from traces.queries import PERCENTILE_METRICS, QUANTILES
@@ -190,8 +190,8 @@ def collect_metrics(
     return values
 
 
-def _first_row(result: Any) -> dict[str, Any] | None:
-    rows: list[dict[str, Any]] = result.to_rows()
+def _first_row(result: QueryResult) -> dict[str, Any] | None:
+    rows = result.to_rows()
     return rows[0] if rows else None
 
 

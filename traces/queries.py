@@ -585,7 +585,12 @@ CANNED_QUERIES: tuple[CannedQuery, ...] = (
         ),
         sql=TIMESERIES_SQL,
         params=(
-            QueryParam("window_s", ParamKind.POSITIVE_FLOAT, 10.0, "window, s"),
+            QueryParam(
+                "window_s",
+                ParamKind.POSITIVE_FLOAT,
+                10.0,
+                "window length, seconds of trace time",
+            ),
             QueryParam(
                 "burst_factor",
                 ParamKind.POSITIVE_FLOAT,

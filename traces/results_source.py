@@ -207,11 +207,7 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> ResultsSource:
             inspected.append((file_path, *found))
 
     if not inspected:
-        raise TraceFormatError(
-            ", ".join(patterns),
-            "no readable results file: "
-            + "; ".join(f"{item.path}: {item.reason}" for item in skipped),
-        )
+        raise _no_readable_file(patterns, skipped)
 
     labels = _path_labels([file_path for file_path, _, _ in inspected])
     files: list[ResultsFile] = []
@@ -227,11 +223,7 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> ResultsSource:
             warnings.append(warning)
 
     if not files:
-        raise TraceFormatError(
-            ", ".join(patterns),
-            "no readable results file: "
-            + "; ".join(f"{item.path}: {item.reason}" for item in skipped),
-        )
+        raise _no_readable_file(patterns, skipped)
     runs = tuple(sorted({item.run for item in files}))
     _check_speedups(files, runs)
     return ResultsSource(
@@ -254,6 +246,13 @@ def resolve_files(patterns: Iterable[str]) -> list[str]:
     for pattern in patterns:
         found.update(_resolve_one(pattern))
     return sorted(found)
+
+
+def _no_readable_file(
+    patterns: Sequence[str], skipped: Sequence[SkippedFile]
+) -> TraceFormatError:
+    reasons = "; ".join(f"{item.path}: {item.reason}" for item in skipped)
+    return TraceFormatError(", ".join(patterns), f"no readable results file: {reasons}")
 
 
 def _as_patterns(paths: str | Path | Sequence[str | Path]) -> list[str]:

@@ -196,7 +196,7 @@ def test_list_queries(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0
     for query in CANNED_QUERIES:
         assert f"\n  {query.name}" in out
-    assert "-p window_s=... window, s (default 10.0)" in out
+    assert "-p window_s=... window length, seconds of trace time (default" in out
 
 
 def test_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
