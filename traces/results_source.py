@@ -70,6 +70,9 @@ PARTS_SUFFIX = ".parts"
 REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "status")
 
 # Every column the canned queries read, with the DuckDB type it is read as.
+# NOTE: this repeats the types of RESULTS_SCHEMA in replay/results.py, which
+# this package may not import; a column whose type changes there must
+# change here too.
 RESULT_COLUMN_TYPES: Mapping[str, str] = MappingProxyType(
     {
         "request_id": "VARCHAR",

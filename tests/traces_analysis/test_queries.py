@@ -315,8 +315,9 @@ CACHE_TRACE: list[dict[str, Any]] = [
      "prefix_block_hashes": [5, 6], "block_tokens": 4, "session_id": "s1"},
     {"request_id": "t5", "arrival_ms": 30.0, "input_tokens": 3},
 ]  # fmt: skip
-# Ideal reuse: t1 none; t2 blocks 1-2 (8 tokens, block 3 holds 2 tokens and
-# is new); t3 block 1 (4 of 6); t4 block 5 from t3 (4 of 8); t5 no hashes.
+# Ideal reuse, in tokens: t1 reuses nothing. t2 reuses blocks 1 and 2 (8
+# tokens), and its new block 3 covers the last 2 tokens. t3 reuses block 1
+# (4 of 6), t4 reuses block 5 from t3 (4 of 8), and t5 has no hashes.
 IDEAL_REUSED_TOKENS = {"t1": 0, "t2": 8, "t3": 4, "t4": 4, "t5": 0}
 CACHE_RESULTS: list[dict[str, Any]] = [
     {"request_id": "t1", "input_tokens": 8, "cached_tokens": 0, "ttft_ms": 10.0},
