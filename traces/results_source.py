@@ -66,6 +66,8 @@ SCHEMA_VERSION_KEY = b"cmx.results.schema_version"
 RUN_CONFIG_KEY = b"cmx.results.run_config"
 # Suffix of the directory where an unfinished replay keeps its flushed rows.
 PARTS_SUFFIX = ".parts"
+# Characters that make a path a glob pattern, as the glob module reads them.
+_GLOB_CHARACTERS = "*?["
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "status")
 
@@ -275,7 +277,7 @@ def _resolve_one(pattern: str) -> list[str]:
         return matches
     if path.is_file():
         return [pattern]
-    if glob.has_magic(pattern):
+    if any(char in pattern for char in _GLOB_CHARACTERS):
         matches = sorted(
             item for item in glob.glob(pattern, recursive=True) if Path(item).is_file()
         )
