@@ -150,17 +150,27 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows to generate")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help=(
+            "keep the generated file at this path, or reuse it if it exists "
+            "(default: a temporary file, deleted at the end)"
+        ),
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cmx-bench-") as directory:
-        path = Path(directory) / "results.parquet"
-        started = time.perf_counter()
-        write_results_file(path, args.rows, args.seed)
-        write_s = time.perf_counter() - started
+        path = args.file or Path(directory) / "results.parquet"
+        if path.exists():
+            print(f"reusing {path}")
+        else:
+            started = time.perf_counter()
+            write_results_file(path, args.rows, args.seed)
+            print(f"written in {time.perf_counter() - started:.1f} s")
+        rows = pq.ParquetFile(path).metadata.num_rows
         size_mib = path.stat().st_size / 2**20
-        print(
-            f"rows: {args.rows:,}; file {size_mib:,.0f} MiB, written in {write_s:.1f} s"
-        )
+        print(f"rows: {rows:,}; file {size_mib:,.0f} MiB")
         print(
             f"cores: {os.cpu_count()}; duckdb {duckdb.__version__}, "
             f"pyarrow {pa.__version__}; median of {args.repeat} after a warm-up"
