@@ -13,6 +13,11 @@ Definitions used by every query, the tests and the report:
 - Latencies are those of `ok` rows. NULL values are left out (a one-token
   output has no TPOT), so a metric with no values is NULL, never NaN or 0.
   A selection with no rows gives no rows.
+- Measured rows: every query except `timeseries` and `send_lag` reads the
+  `measured_results` view, which leaves out the rows whose `measured` column
+  is false (warm-up and cool-down of a replay). Files without that column
+  count every row. The time series shows all the load that was sent, and
+  the send lag covers every send.
 - Trace time: throughput divides by the run's wall window (first send to
   the last end of a stream) multiplied by the run's speed-up. Time series
   place each request at its trace arrival (seconds from the run's first
@@ -126,7 +131,7 @@ run_window AS (
         any_value(speedup) AS speedup,
         (max(actual_send_ms + wall_e2e_ms) - min(actual_send_ms)) / 1000.0
             AS wall_s
-    FROM results
+    FROM measured_results
     GROUP BY run
 )"""
 
@@ -148,7 +153,7 @@ WITH per_run AS (
         quantile_cont(ttft_ms, $quantiles) FILTER (WHERE status = $ok) AS ttft_q,
         quantile_cont(tpot_ms, $quantiles) FILTER (WHERE status = $ok) AS tpot_q,
         quantile_cont(e2e_ms, $quantiles) FILTER (WHERE status = $ok) AS e2e_q
-    FROM results
+    FROM measured_results
     GROUP BY run
 )
 SELECT
@@ -184,7 +189,7 @@ def _percentiles_sql() -> str:
         min({metric}) AS min,
         quantile_cont({metric}, $quantiles) AS q,
         max({metric}) AS max
-    FROM results
+    FROM measured_results
     WHERE status = $ok
     GROUP BY run"""
         )
@@ -364,7 +369,7 @@ classified AS (
                 OR r.ttft_ms <= CAST($ttft_slo_ms AS DOUBLE))
             AND (CAST($tpot_slo_ms AS DOUBLE) IS NULL OR r.tpot_ms IS NULL
                 OR r.tpot_ms <= CAST($tpot_slo_ms AS DOUBLE)) AS met
-    FROM results AS r
+    FROM measured_results AS r
     LEFT JOIN input_buckets AS i ON {_in_bucket("r.input_tokens", "i")}
     LEFT JOIN output_buckets AS o ON {_in_bucket("r.output_tokens", "o")}
 )
@@ -407,7 +412,7 @@ joined AS (
         t.reused_tokens,
         b.lower AS reuse_lower,
         coalesce(b.label, 'unknown') AS reuse_bucket
-    FROM results AS r
+    FROM measured_results AS r
     JOIN trace_reuse AS t USING (run, request_id)
     LEFT JOIN reuse_buckets AS b ON {_in_bucket("t.reuse_ratio", "b")}
     WHERE r.status = $ok
@@ -455,7 +460,7 @@ WITH joined AS (
             WHEN t.session_turn >= $max_turn THEN CAST($max_turn AS VARCHAR) || '+'
             ELSE CAST(t.session_turn AS VARCHAR)
         END AS turn
-    FROM results AS r
+    FROM measured_results AS r
     LEFT JOIN trace AS t USING (run, request_id)
 )
 SELECT
@@ -478,7 +483,7 @@ ORDER BY run, turn_order NULLS LAST, turn
 
 INSTANCES_SQL = """
 WITH ok_rows AS (
-    SELECT * FROM results WHERE status = $ok
+    SELECT * FROM measured_results WHERE status = $ok
 ),
 placed AS (
     SELECT

@@ -98,6 +98,8 @@ RESULT_COLUMN_TYPES: Mapping[str, str] = MappingProxyType(
         "cached_tokens": "BIGINT",
         "prefill_instance": "BIGINT",
         "decode_instance": "BIGINT",
+        # False for a warm-up or cool-down row, which the summaries leave out.
+        "measured": "BOOLEAN",
     }
 )
 
@@ -123,6 +125,9 @@ def column_kind(arrow_type: pa.DataType, duckdb_type: str) -> ColumnKind:
     """
     if pa.types.is_null(arrow_type):
         return ColumnKind.CAST
+    if duckdb_type == "BOOLEAN":
+        is_boolean = pa.types.is_boolean(arrow_type)
+        return ColumnKind.EXACT if is_boolean else ColumnKind.INCOMPATIBLE
     if duckdb_type == "VARCHAR":
         if pa.types.is_string(arrow_type):
             return ColumnKind.EXACT

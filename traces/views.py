@@ -7,6 +7,8 @@
   one, and any other columns the files carry are kept. Three columns are
   added: `run` (the run label), `speedup` (the run's replay speed-up, 1 when
   unknown) and `source_file` (the file the row came from).
+- `measured_results`: the rows of `results` whose `measured` column is not
+  false, that is, without the warm-up and cool-down rows of a replay.
 - `trace`: the trace rows of each run, joined to results by
   `(run, request_id)`, with `trace_row` (0-based row in the trace file) and
   `session_turn` (1 for a session's first request by arrival, NULL without a
@@ -70,6 +72,11 @@ TRACE_COLUMN_TYPES: Mapping[str, str] = MappingProxyType(
     }
 )
 _TRACE_REQUIRED = ("request_id", "arrival_ms", "input_tokens")
+
+MEASURED_RESULTS_VIEW_SQL = """
+CREATE VIEW measured_results AS
+SELECT * FROM results WHERE measured IS NOT FALSE
+"""
 
 TRACE_REUSE_VIEW_SQL = """
 CREATE VIEW trace_reuse AS
@@ -160,7 +167,7 @@ def create_views(
     source: ResultsSource,
     trace_path: str | Path | None = None,
 ) -> TraceViews:
-    """Create the `results`, `trace` and `trace_reuse` views on `connection`.
+    """Create the views described in this module's docstring on `connection`.
 
     `trace_path`, when given, is the trace of every run; otherwise each run's
     trace is found from its run configuration. Returns which runs have a
@@ -168,6 +175,7 @@ def create_views(
     not raised, because most queries do not need it.
     """
     connection.execute(_results_view_sql(source))
+    connection.execute(MEASURED_RESULTS_VIEW_SQL)
 
     found, missing = _find_traces(source, trace_path)
     readable: dict[str, tuple[str, dict[str, pa.DataType]]] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tests.traces_analysis.results_files import write_results, write_trace_rows
@@ -505,3 +506,53 @@ def test_all_null_latencies_without_nan(
 
     rows = run_query(path, query, trace=trace)
     assert_no_nan(rows)
+
+
+# --- warm-up and cool-down rows ---------------------------------------------
+
+# A replay with a warm-up marks its first rows measured = false.
+MEASURED_ROWS: list[dict[str, Any]] = [
+    {"arrival_ms": 0.0, "ttft_ms": 5000.0, "e2e_ms": 5000.0, "send_lag_ms": 50.0},
+    {"arrival_ms": 1000.0, "ttft_ms": 100.0, "e2e_ms": 200.0, "send_lag_ms": 1.0},
+    {"arrival_ms": 2000.0, "ttft_ms": 300.0, "e2e_ms": 400.0, "send_lag_ms": 3.0},
+]
+MEASURED_FLAGS = pa.array([False, True, True])
+
+
+def test_unmeasured_rows_left_out(tmp_path: Path) -> None:
+    path = write_results(
+        tmp_path / "r.parquet", MEASURED_ROWS, extra={"measured": MEASURED_FLAGS}
+    )
+
+    (summary,) = run_query(path, "summary")
+    assert summary["requests"] == 2
+    assert summary["ttft_ms_p50"] == pytest.approx(200.0)
+    slo_all = run_query(path, "slo", ttft_slo_ms=1000)[-1]
+    assert (slo_all["requests"], slo_all["slo_met"]) == (2, 2)
+
+
+def test_unmeasured_rows_kept_in_load(tmp_path: Path) -> None:
+    path = write_results(
+        tmp_path / "r.parquet", MEASURED_ROWS, extra={"measured": MEASURED_FLAGS}
+    )
+
+    windows = run_query(path, "timeseries", window_s=10)
+    (send_lag,) = run_query(path, "send_lag")
+
+    assert windows[0]["arrivals"] == 3
+    assert send_lag["requests"] == 3
+    assert send_lag["max_ms"] == 50.0
+
+
+def test_files_without_measured_count_all(tmp_path: Path) -> None:
+    write_results(
+        tmp_path / "a.parquet",
+        MEASURED_ROWS,
+        extra={"measured": MEASURED_FLAGS},
+        run_id="r",
+    )
+    write_results(tmp_path / "b.parquet", MEASURED_ROWS, run_id="r")
+
+    (summary,) = run_query(tmp_path, "summary")
+
+    assert summary["requests"] == 5
