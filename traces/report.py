@@ -39,7 +39,7 @@ SELECT
     quantile_cont(ttft_ms, $probabilities) FILTER (WHERE status = $ok) AS ttft_ms,
     quantile_cont(tpot_ms, $probabilities) FILTER (WHERE status = $ok) AS tpot_ms,
     quantile_cont(e2e_ms, $probabilities) FILTER (WHERE status = $ok) AS e2e_ms
-FROM results
+FROM measured_results
 GROUP BY run
 ORDER BY run
 """
@@ -173,9 +173,9 @@ def _page(
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="note">Runs: {html.escape(runs)}. Created {created} by cmx report.
-Latencies are emulated and cover ok requests; percentiles interpolate
-linearly between ranks (DuckDB quantile_cont, numpy's default). Rates are per
-second of trace time.</p>
+Latencies are emulated and cover ok requests outside any warm-up or
+cool-down; percentiles interpolate linearly between ranks (DuckDB
+quantile_cont, numpy's default). Rates are per second of trace time.</p>
 <nav>{nav}</nav>
 {body}
 </body>
