@@ -371,12 +371,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "results", nargs="+", metavar="RESULTS", help="results file, directory or glob"
     )
+
     parser.add_argument("--output", "-o", required=True, metavar="REPORT.html")
     parser.add_argument(
         "--trace",
         metavar="TRACE.parquet",
         help="trace of the runs (default: the trace_path in each run's config)",
     )
+
     defaults = ReportOptions()
     parser.add_argument(
         "--window-s",
@@ -398,6 +400,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--tpot-slo-ms", default="50", help="TPOT SLO in ms (default: 50)"
     )
     parser.add_argument("--title", help="page title (default: from the paths)")
+
     parser.set_defaults(run=run)
 
 

@@ -13,7 +13,7 @@
   `(run, request_id)`, with `trace_row` (0-based row in the trace file) and
   `session_turn` (1 for a session's first request by arrival, NULL without a
   session). A run's trace is the file named by `--trace`, or else the
-  `trace_path` of its run configuration; a run whose trace cannot be found
+  `trace_path` of its run configuration. A run whose trace cannot be found
   or read has no rows here, and `TraceViews.missing` gives the reason.
 - `trace_reuse`: per trace request, the ideal prefix reuse, that is, what an
   infinite prefix cache could serve. A block is reused when its hash is in
