@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from emulator.planning import cli as planning_cli
     from replay import cli as replay_cli
     from replay import locust_cli
-    from traces import analyze_cli
+    from traces import analyze_cli, compare, report
     from traces import cli as traces_cli
 
     parser = argparse.ArgumentParser(
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cli.register(subparsers)
     locust_cli.register(subparsers)
     analyze_cli.register(subparsers)
+    compare.register(subparsers)
+    report.register(subparsers)
     demo.register(subparsers)
     return parser
 

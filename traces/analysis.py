@@ -1,242 +1,335 @@
-"""Summaries of replay results files, computed with DuckDB.
+"""Analysis of replay and simulation results with DuckDB.
 
-A results path is one Parquet file, a directory of them (such as the
-`<output>.parts` directory a killed replay leaves behind) or a glob. Columns
-are addressed by name; this module does not import `replay`.
+`Analysis` opens one or more results paths: files, directories such as a
+killed run's `<output>.parts`, or globs. It defines the `results`, `trace`
+and `trace_reuse` views on a private DuckDB connection (see `traces.views`)
+and runs the canned queries of `traces.queries` or ad hoc SQL on them.
+`summarize` keeps the one-call summary of a single run.
 
-Percentiles are `quantile_cont`, which interpolates linearly between the two
-closest ranks: for n sorted values x_0..x_{n-1}, the q-quantile is
-x_h with h = q * (n - 1), interpolated between x_floor(h) and x_ceil(h). This
-is numpy's default `linear` method. They cover rows with status `ok` and skip
-NULLs (a one-token output has no TPOT).
-
-Throughput counts only `ok` requests and their output tokens. The wall
-window runs from the first actual send to the last end of a stream (any
-status). `requests_per_s` and `output_tokens_per_s` are in trace time, so
-they divide by the window multiplied by the run's speed-up, which is read
-from the file metadata (1 when absent). For example, a 15 s window of a run
-at speed-up 20 covers 300 s of trace. `wall_requests_per_s` divides by the
-wall window alone.
+Percentiles everywhere are DuckDB's `quantile_cont`, numpy's default
+`linear` method; `traces.queries` states it in full with the other
+definitions. Each query runs on its own cursor and is fetched in full,
+because a DuckDB 2 relation keeps no result between calls.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
-from traces.errors import TraceFormatError
+from traces.errors import TraceError, TraceFormatError
+from traces.queries import (
+    CANNED_QUERIES,
+    PERCENTILE_METRICS,
+    QUANTILES,
+    CannedQuery,
+    ParamKind,
+    QueryParam,
+    get_query,
+)
+from traces.results_source import ResultsSource, open_results
+from traces.views import TraceViews, create_views
 
 __all__ = [
+    "CANNED_QUERIES",
     "PERCENTILE_METRICS",
     "QUANTILES",
-    "RESULTS_COLUMNS",
+    "Analysis",
+    "AnalysisError",
+    "QueryResult",
+    "bind_params",
+    "parse_param",
     "summarize",
 ]
 
 logger = logging.getLogger(__name__)
 
-STATUS_OK = "ok"
-SCHEMA_VERSION = "1"
-SCHEMA_VERSION_KEY = b"cmx.results.schema_version"
-RUN_CONFIG_KEY = b"cmx.results.run_config"
-# Suffix of the directory where an unfinished replay keeps its flushed rows.
-PARTS_SUFFIX = ".parts"
 
-QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-PERCENTILE_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms")
-RESULTS_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "status",
-    "actual_send_ms",
-    "wall_e2e_ms",
-    "output_tokens_received",
-    *PERCENTILE_METRICS,
-)
-
-COLUMNS_SQL = "SELECT * FROM read_parquet($path) LIMIT 0"
-
-METADATA_SQL = "SELECT file_name, key, value FROM parquet_kv_metadata($path)"
-
-SUMMARY_SQL = """
-SELECT
-    count(*) AS requests,
-    count(*) FILTER (WHERE status = $ok) AS ok,
-    count(*) FILTER (WHERE status <> $ok) AS failed,
-    min(actual_send_ms) AS first_send_ms,
-    max(actual_send_ms + wall_e2e_ms) AS last_end_ms,
-    coalesce(sum(output_tokens_received) FILTER (WHERE status = $ok), 0)
-        AS ok_output_tokens,
-    quantile_cont(ttft_ms, $quantiles) FILTER (WHERE status = $ok) AS ttft_ms,
-    quantile_cont(tpot_ms, $quantiles) FILTER (WHERE status = $ok) AS tpot_ms,
-    quantile_cont(e2e_ms, $quantiles) FILTER (WHERE status = $ok) AS e2e_ms
-FROM read_parquet($path)
-"""
+class AnalysisError(TraceError):
+    """A query that cannot run: unknown name, bad parameter, invalid SQL."""
 
 
-def summarize(results_path: str | Path) -> dict[str, Any]:
-    """Return counts, throughput and latency percentiles of a results path.
+@dataclass(frozen=True)
+class QueryResult:
+    """The rows of one query, as an Arrow table with the query's name."""
+
+    name: str
+    table: pa.Table
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, in order."""
+        return list(self.table.column_names)
+
+    @property
+    def num_rows(self) -> int:
+        """Number of rows."""
+        return int(self.table.num_rows)
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """Return the rows as dictionaries of Python values (NULL is None)."""
+        rows: list[dict[str, Any]] = self.table.to_pylist()
+        return rows
+
+
+class Analysis:
+    """Views over results paths and the queries that run on them.
+
+    Use it as a context manager, or call `close`. Raises TraceFormatError on
+    construction when no results file is readable (see `open_results`).
+    """
+
+    def __init__(
+        self,
+        results_paths: str | Path | Sequence[str | Path],
+        *,
+        trace_path: str | Path | None = None,
+    ) -> None:
+        if trace_path is not None and not Path(trace_path).is_file():
+            raise TraceFormatError(str(trace_path), "trace file not found")
+        self.source: ResultsSource = open_results(results_paths)
+        self._connection = duckdb.connect()
+        try:
+            self.traces: TraceViews = create_views(
+                self._connection, self.source, trace_path
+            )
+        except duckdb.Error as error:
+            self._connection.close()
+            raise TraceFormatError(
+                ", ".join(self.source.patterns),
+                f"cannot define the analysis views ({_first_line(error)})",
+            ) from None
+
+    def __enter__(self) -> Analysis:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the DuckDB connection."""
+        self._connection.close()
+
+    def run_query(
+        self, name: str, params: Mapping[str, object] | None = None
+    ) -> QueryResult:
+        """Run canned query `name` with `params` over its defaults.
+
+        Parameter values may be Python values or strings as typed on the
+        command line. Raises AnalysisError for an unknown query or parameter,
+        a value out of range, or a query that needs the trace when no run has
+        one; TraceFormatError when DuckDB cannot read the files.
+        """
+        try:
+            query = get_query(name)
+        except KeyError as error:
+            raise AnalysisError(str(error.args[0])) from None
+        bound = bind_params(query, params or {})
+        if query.needs_trace:
+            self._require_trace(query)
+        return QueryResult(name, self._fetch(query.sql, bound))
+
+    def run_sql(
+        self, sql: str, params: Mapping[str, object] | None = None
+    ) -> QueryResult:
+        """Run ad hoc `sql` over the views, binding `params` to `$name` markers.
+
+        Raises AnalysisError with DuckDB's message when the SQL fails.
+        """
+        return QueryResult("sql", self._fetch(sql, params or {}, ad_hoc=True))
+
+    def _require_trace(self, query: CannedQuery) -> None:
+        if self.traces.available:
+            return
+        reasons = "; ".join(
+            f"run {run}: {reason}" for run, reason in self.traces.missing.items()
+        )
+        raise AnalysisError(f"query {query.name!r} needs the trace ({reasons})")
+
+    def _fetch(
+        self, sql: str, params: Mapping[str, object], *, ad_hoc: bool = False
+    ) -> pa.Table:
+        cursor = self._connection.cursor()
+        try:
+            table: pa.Table = cursor.sql(sql, params=dict(params)).to_arrow_table()
+        except (duckdb.IOException, duckdb.InvalidInputException) as error:
+            raise TraceFormatError(
+                ", ".join(self.source.patterns),
+                f"cannot read as Parquet results ({_first_line(error)})",
+            ) from None
+        except duckdb.Error as error:
+            if not ad_hoc:
+                raise
+            raise AnalysisError(self._sql_error_message(error)) from None
+        finally:
+            cursor.close()
+        return table
+
+    def _sql_error_message(self, error: duckdb.Error) -> str:
+        message = f"SQL failed: {_first_line(error)}"
+        if "trace" in str(error) and not self.traces.available:
+            reasons = "; ".join(self.traces.missing.values())
+            message += f" (the trace view is empty: {reasons})"
+        return message
+
+
+def bind_params(query: CannedQuery, values: Mapping[str, object]) -> dict[str, object]:
+    """Return the bound parameters of `query`: defaults, `values`, constants.
+
+    Raises AnalysisError naming the parameter for an unknown name or a value
+    out of its range.
+    """
+    known = {param.name: param for param in query.params}
+    unknown = [name for name in values if name not in known]
+    if unknown:
+        accepted = ", ".join(known) or "none"
+        raise AnalysisError(
+            f"query {query.name!r} has no parameter {unknown[0]!r} "
+            f"(parameters: {accepted})"
+        )
+
+    bound: dict[str, object] = {}
+    for param in query.params:
+        value = values.get(param.name, param.default)
+        bound[param.name] = parse_param(param, value)
+    bound.update(query.fixed_params)
+    return bound
+
+
+def parse_param(param: QueryParam, value: object) -> object:
+    """Convert `value` (a Python value or command-line text) for `param`.
+
+    Returns a float, an int, None or a list, as the parameter's kind requires.
+    Raises AnalysisError naming the parameter and the accepted range.
+    """
+    try:
+        parsed = _convert(param.kind, value)
+    except (TypeError, ValueError):
+        parsed = _INVALID
+    if parsed is _INVALID:
+        raise AnalysisError(
+            f"parameter {param.name} = {value!r} is invalid; expected "
+            f"{param.kind.value}"
+        )
+    return parsed
+
+
+_INVALID = object()
+
+
+def _convert(kind: ParamKind, value: object) -> object:
+    if kind is ParamKind.OPTIONAL_POSITIVE_FLOAT:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _convert(ParamKind.POSITIVE_FLOAT, value)
+    if kind in (ParamKind.POSITIVE_FLOAT, ParamKind.NONNEGATIVE_FLOAT):
+        number = _to_float(value)
+        minimum_ok = number > 0 if kind is ParamKind.POSITIVE_FLOAT else number >= 0
+        return number if minimum_ok and math.isfinite(number) else _INVALID
+    if kind is ParamKind.POSITIVE_INT:
+        integer = _to_int(value)
+        return integer if integer >= 1 else _INVALID
+    return _convert_edges(kind, value)
+
+
+def _convert_edges(kind: ParamKind, value: object) -> object:
+    items: Sequence[object]
+    if isinstance(value, str):
+        items = [item for item in value.split(",") if item.strip()]
+    elif isinstance(value, Sequence):
+        items = value
+    else:
+        return _INVALID
+    convert = _to_int if kind is ParamKind.INT_EDGES else _to_float
+    edges = [convert(item) for item in items]
+    if not edges or edges[0] != 0 or not all(math.isfinite(edge) for edge in edges):
+        return _INVALID
+    if any(later <= earlier for earlier, later in zip(edges, edges[1:], strict=False)):
+        return _INVALID
+    return edges
+
+
+def _to_float(value: object) -> float:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, int | float | str):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError(f"not an integer: {value!r}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def summarize(results_path: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """Return the summary of one run as a dictionary.
 
     Keys: requests, ok, failed, speedup, duration_s, requests_per_s,
-    output_tokens_per_s, wall_requests_per_s and `<metric>_p50/_p90/_p99` for
-    ttft_ms, tpot_ms and e2e_ms. Values that are undefined (no rows, no ok
-    rows, a zero-length window) are None, never NaN.
+    output_tokens_per_s, wall_requests_per_s, cache_hit_rate and
+    `<metric>_p50/_p90/_p99` for ttft_ms, tpot_ms and e2e_ms. Values that
+    are undefined (no rows, no ok rows, a zero-length window) are None,
+    never NaN; a run with no rows has 0 requests.
 
-    Raises TraceFormatError when the path matches no file, a file is not a
-    results file of schema version 1, or files from runs with different
-    speed-ups are mixed.
+    Raises TraceFormatError when no results file is readable, and
+    AnalysisError when the path contains more than one run.
     """
-    pattern = _resolve_pattern(results_path)
-    connection = duckdb.connect()
-    try:
-        _check_columns(connection, pattern)
-        speedup = _read_speedup(connection, pattern)
-        row = _fetch_summary_row(connection, pattern)
-    finally:
-        connection.close()
-    return _build_summary(row, speedup)
-
-
-def _resolve_pattern(results_path: str | Path) -> str:
-    """Turn a file, directory or glob into a pattern for `read_parquet`."""
-    path = Path(results_path)
-    if path.is_dir():
-        if not any(path.glob("*.parquet")):
-            raise TraceFormatError(str(path), "directory contains no .parquet files")
-        return str(path / "*.parquet")
-    if path.is_file() or any(char in str(results_path) for char in "*?["):
-        return str(results_path)
-
-    message = "results file not found"
-    parts_dir = path.with_name(path.name + PARTS_SUFFIX)
-    if parts_dir.is_dir():
-        message += (
-            f"; the run did not finish, and its flushed rows are in {parts_dir} "
-            "(pass that directory instead)"
-        )
-    raise TraceFormatError(str(path), message)
-
-
-def _execute(
-    connection: duckdb.DuckDBPyConnection,
-    pattern: str,
-    sql: str,
-    params: dict[str, object],
-) -> duckdb.DuckDBPyConnection:
-    """Run `sql` on a fresh cursor, turning read failures into TraceFormatError."""
-    try:
-        return connection.cursor().execute(sql, params)
-    except duckdb.Error as error:
-        first_line = str(error).splitlines()[0]
-        raise TraceFormatError(
-            pattern, f"cannot read as Parquet results ({first_line})"
-        ) from None
-
-
-def _check_columns(connection: duckdb.DuckDBPyConnection, pattern: str) -> None:
-    cursor = _execute(connection, pattern, COLUMNS_SQL, {"path": pattern})
-    present = {column[0] for column in cursor.description or []}
-    cursor.fetchall()
-    missing = [name for name in RESULTS_COLUMNS if name not in present]
-    if missing:
-        raise TraceFormatError(
-            pattern,
-            f"missing results columns: {', '.join(missing)}; expected a file "
-            "written by 'cmx replay'",
-        )
-
-
-def _read_speedup(connection: duckdb.DuckDBPyConnection, pattern: str) -> float:
-    """Return the run's speed-up, checking each file's schema version."""
-    rows = _execute(connection, pattern, METADATA_SQL, {"path": pattern}).fetchall()
-    metadata_by_file: dict[str, dict[bytes, bytes]] = {}
-    for file_name, key, value in rows:
-        metadata_by_file.setdefault(file_name, {})[bytes(key)] = bytes(value)
-
-    speedups: set[float] = set()
-    for file_name, metadata in metadata_by_file.items():
-        version = metadata.get(SCHEMA_VERSION_KEY)
-        if version is None or version.decode(errors="replace") != SCHEMA_VERSION:
-            found = "none" if version is None else version.decode(errors="replace")
-            raise TraceFormatError(
-                file_name,
-                f"results schema version {found} is not supported (this version "
-                f"reads {SCHEMA_VERSION}); expected a file written by 'cmx replay'",
+    with Analysis(results_path) as analysis:
+        runs = analysis.source.runs
+        if len(runs) > 1:
+            raise AnalysisError(
+                f"{', '.join(analysis.source.patterns)} contains {len(runs)} runs "
+                f"({', '.join(runs)}); summarize one run, or run the 'summary' "
+                "query for a row per run"
             )
-        speedups.add(_speedup_from_run_config(file_name, metadata.get(RUN_CONFIG_KEY)))
+        rows = analysis.run_query("summary").to_rows()
+        speedup = analysis.source.speedup(runs[0])
 
-    if len(speedups) > 1:
-        listed = ", ".join(f"{speedup:g}" for speedup in sorted(speedups))
-        raise TraceFormatError(
-            pattern,
-            f"files come from runs with different speed-ups ({listed}); "
-            "summarize each run on its own",
-        )
-    return speedups.pop() if speedups else 1.0
+    if rows:
+        summary = rows[0]
+        summary.pop("run")
+        return summary
+    return _empty_summary(speedup)
 
 
-def _speedup_from_run_config(file_name: str, run_config: bytes | None) -> float:
-    if run_config is None:
-        return 1.0
-    try:
-        speedup = json.loads(run_config).get("speedup", 1.0)
-    except (ValueError, AttributeError):
-        raise TraceFormatError(
-            file_name, "cmx.results.run_config metadata is not a JSON object"
-        ) from None
-    if not isinstance(speedup, int | float) or not speedup > 0:
-        raise TraceFormatError(
-            file_name, f"speedup {speedup!r} in the run config is not a number > 0"
-        )
-    return float(speedup)
-
-
-def _fetch_summary_row(
-    connection: duckdb.DuckDBPyConnection, pattern: str
-) -> tuple[Any, ...]:
-    params: dict[str, object] = {
-        "path": pattern,
-        "ok": STATUS_OK,
-        "quantiles": [quantile for _, quantile in QUANTILES],
-    }
-    rows = _execute(connection, pattern, SUMMARY_SQL, params).fetchall()
-    return tuple(rows[0])
-
-
-def _build_summary(row: tuple[Any, ...], speedup: float) -> dict[str, Any]:
-    (requests, ok, failed, first_send_ms, last_end_ms, ok_tokens, *percentiles) = row
-
-    duration_s = None
-    if first_send_ms is not None and last_end_ms is not None:
-        duration_s = (last_end_ms - first_send_ms) / 1000.0
-    wall_requests_per_s = _rate(ok, duration_s)
-    wall_tokens_per_s = _rate(ok_tokens, duration_s)
-
+def _empty_summary(speedup: float) -> dict[str, Any]:
     summary: dict[str, Any] = {
-        "requests": requests,
-        "ok": ok,
-        "failed": failed,
         "speedup": speedup,
-        "duration_s": duration_s,
-        "requests_per_s": _to_trace_time(wall_requests_per_s, speedup),
-        "output_tokens_per_s": _to_trace_time(wall_tokens_per_s, speedup),
-        "wall_requests_per_s": wall_requests_per_s,
+        "requests": 0,
+        "ok": 0,
+        "failed": 0,
+        "duration_s": None,
+        "requests_per_s": None,
+        "output_tokens_per_s": None,
+        "wall_requests_per_s": None,
+        "cache_hit_rate": None,
     }
-    for metric, values in zip(PERCENTILE_METRICS, percentiles, strict=True):
-        for index, (label, _) in enumerate(QUANTILES):
-            summary[f"{metric}_{label}"] = None if values is None else values[index]
+    for metric in PERCENTILE_METRICS:
+        for label, _ in QUANTILES:
+            summary[f"{metric}_{label}"] = None
     return summary
-
-
-def _rate(count: int, duration_s: float | None) -> float | None:
-    if duration_s is None or duration_s <= 0:
-        return None
-    return count / duration_s
-
-
-def _to_trace_time(wall_rate: float | None, speedup: float) -> float | None:
-    # Trace time passes `speedup` times faster than the wall clock.
-    return None if wall_rate is None else wall_rate / speedup
