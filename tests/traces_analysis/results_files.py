@@ -84,8 +84,9 @@ def write_results(
     """Write `rows` as a results file at `path` and return the path.
 
     `drop` removes columns (as an older writer would have lacked them),
-    `extra` adds columns (as a newer writer might) or replaces them, and `metadata` replaces
-    the default version 1 metadata built from `speedup` and `run_config`.
+    `extra` adds columns (as a newer writer might) or replaces them, and
+    `metadata` replaces the default version 1 metadata built from `speedup`
+    and `run_config`.
     """
     table = results_table(rows).drop_columns(list(drop))
     for name, values in (extra or {}).items():
