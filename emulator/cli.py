@@ -24,7 +24,7 @@ from emulator.profiles import (
     load_model,
 )
 
-__all__ = ["register"]
+__all__ = ["register", "seed_value"]
 
 if TYPE_CHECKING:
     from emulator.server import TlsFiles
@@ -33,6 +33,21 @@ if TYPE_CHECKING:
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _HEALTH_TIMEOUT_S = 5.0
+
+
+def seed_value(text: str) -> int:
+    """Parse a random seed option: an integer of 0 or more (numpy's rule)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: expected an integer >= 0"
+        ) from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {seed}: expected an integer >= 0"
+        )
+    return seed
 
 
 def register(subparsers: _Subparsers) -> None:
@@ -101,9 +116,10 @@ def _register_serve(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=seed_value,
         default=0,
-        help="seed of the model's random draws, such as MTP acceptance (default: 0)",
+        help="seed of the model's random draws, such as MTP acceptance, an "
+        "integer >= 0 (default: 0)",
     )
     _add_profile_options(parser)
     parser.add_argument(
@@ -294,6 +310,14 @@ def _run_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    _, separator, port_text = args.target.rpartition(":")
+    if not separator or not port_text.isdigit():
+        # Without a port gRPC would silently use 443.
+        raise ConfigError(
+            f"--target {args.target!r} is not HOST:PORT; give the emulator's "
+            "address with its port, for example 127.0.0.1:50051"
+        )
+
     if args.tls_ca is None:
         channel = grpc.insecure_channel(args.target)
     else:
@@ -337,9 +361,10 @@ def _register_simulate(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=seed_value,
         default=0,
-        help="seed of the model's random draws, such as MTP acceptance (default: 0)",
+        help="seed of the model's random draws, such as MTP acceptance, an "
+        "integer >= 0 (default: 0)",
     )
     parser.add_argument("--limit", type=int, help="simulate only the first N requests")
     parser.add_argument(

@@ -46,7 +46,12 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from cmx import __version__
 from cmx.v1 import emulator_pb2, emulator_pb2_grpc
-from replay.client import CHANNEL_OPTIONS, STATUS_CANCELLED, STATUS_NO_SUMMARY, Outcome
+from replay.client import (
+    CallInterrupted,
+    Outcome,
+    generate_sync,
+    open_sync_channel,
+)
 from replay.errors import ReplayError
 from replay.locust_options import LoadMode, LocustRunConfig, add_arguments
 from replay.locust_plan import (
@@ -58,8 +63,7 @@ from replay.locust_plan import (
     request_kind,
     worker_results_path,
 )
-from replay.results import STATUS_OK, EmulatedLatencies, ResultsWriter
-from replay.results import emulated_latencies as compute_latencies
+from replay.results import STATUS_OK, ResultsWriter
 from replay.runner import build_row
 from replay.schedule import ScheduledRequest
 from traces.errors import TraceError
@@ -71,7 +75,6 @@ __all__ = [
     "TPOT_REQUEST_TYPE",
     "TTFT_REQUEST_TYPE",
     "WORKER_DONE_MESSAGE",
-    "CallStopped",
     "GenerateFailed",
     "GenerateUser",
     "call_generate",
@@ -99,7 +102,6 @@ _DISTRIBUTED_START_DELAY_S = 1.0
 _FLUSH_INTERVAL_S = 2.0
 _CONNECT_TIMEOUT_S = 10.0
 _CANCEL_TIMEOUT_S = 10.0
-_STOPPED_DETAILS = "cancelled because Locust stopped the user or the run"
 # Exit status of a Locust process whose run could not start; 2 is also the
 # status of `cmx` commands on bad input.
 EXIT_RUN_FAILED = 2
@@ -113,73 +115,18 @@ class GenerateFailed(Exception):
         self.status = status
 
 
-class CallStopped(Exception):
-    """A call cancelled because its greenlet was killed; `outcome` is its result."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
-
-
 def call_generate(
     stub: emulator_pb2_grpc.EmulatorStub,
     request: emulator_pb2.GenerateRequest,
     timeout_s: float | None,
 ) -> Outcome:
-    """Run one Generate call with gRPC's blocking API and return its outcome.
+    """Run one Generate call through the shared blocking client.
 
-    Like `replay.client.generate`, a gRPC error status ends up in the
-    outcome, never raised. When the calling greenlet is killed during the
-    call, the call is cancelled and CallStopped is raised with the outcome so
-    far (status CANCELLED).
+    A gRPC error status ends up in the outcome, never raised. When the
+    calling greenlet is killed during the call, the call is cancelled and
+    CallInterrupted is raised with the outcome so far (status CANCELLED).
     """
-    first_token_ms: float | None = None
-    last_token_ms: float | None = None
-    first_token_at_s: float | None = None
-    token_count = 0
-    summary: emulator_pb2.GenerateSummary | None = None
-    status, details = STATUS_OK, None
-    stopped = False
-    sent_at_s = time.perf_counter()
-    call = stub.Generate(request, timeout=timeout_s)
-
-    try:
-        for response in call:
-            kind = response.WhichOneof("kind")
-            if kind == "chunk" and response.chunk.emulated_ms:
-                emulated_ms = response.chunk.emulated_ms
-                if first_token_ms is None:
-                    first_token_ms = emulated_ms[0]
-                    first_token_at_s = time.perf_counter()
-                last_token_ms = emulated_ms[-1]
-                token_count += len(emulated_ms)
-            elif kind == "summary":
-                summary = response.summary
-    except grpc.RpcError as error:
-        status, details = error.code().name, error.details() or ""
-    except GreenletExit:
-        call.cancel()
-        stopped = True
-        status, details = STATUS_CANCELLED, _STOPPED_DETAILS
-    if status == STATUS_OK and summary is None:
-        status, details = STATUS_NO_SUMMARY, "stream ended without a summary"
-
-    latencies = compute_latencies(first_token_ms, last_token_ms, token_count)
-    if status != STATUS_OK:
-        latencies = EmulatedLatencies(latencies.ttft_ms, tpot_ms=None, e2e_ms=None)
-    outcome = Outcome(
-        status=status,
-        error=details,
-        tokens_received=token_count,
-        sent_at_s=sent_at_s,
-        first_token_at_s=first_token_at_s,
-        finished_at_s=time.perf_counter(),
-        latencies=latencies,
-        summary=summary if status == STATUS_OK else None,
-    )
-    if stopped:
-        raise CallStopped(outcome)
-    return outcome
+    return generate_sync(stub, request, timeout_s, interrupted_by=(GreenletExit,))
 
 
 @dataclass
@@ -242,9 +189,7 @@ class _WorkerSession:
             "cmx_version": __version__,
         }
         self._writer = ResultsWriter(path, metadata, flush_interval_s=_FLUSH_INTERVAL_S)
-        self._channel = grpc.insecure_channel(
-            config.target, options=list(CHANNEL_OPTIONS)
-        )
+        self._channel = open_sync_channel(config.target)
         self._stub = emulator_pb2_grpc.EmulatorStub(self._channel)
         self._flusher = gevent.spawn(self._flush_periodically)
         logger.info(
@@ -314,7 +259,7 @@ class _WorkerSession:
             outcome = call_generate(
                 self._stub, scheduled.request, self.config.timeout_s
             )
-        except CallStopped as stopped:
+        except CallInterrupted as stopped:
             self._write_row(scheduled, stopped.outcome)
             raise GreenletExit() from None
         self._write_row(scheduled, outcome)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from emulator.cli import seed_value
 from emulator.errors import ConfigError
 from emulator.planning.confirm import (
     Confirmation,
@@ -208,7 +209,10 @@ def _add_slo_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the model and of replication"
+        "--seed",
+        type=seed_value,
+        default=0,
+        help="seed of the model and of replication, an integer >= 0 (default: 0)",
     )
     parser.add_argument(
         "--limit", type=int, help="use only the first N requests of the trace"
