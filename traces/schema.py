@@ -137,8 +137,11 @@ class TraceWriter:
         self.close()
 
     def _flush(self, rows: int) -> None:
+        # Chunk boundaries inside a row group change the encoded pages, so a
+        # row group is combined into one chunk before it is written.
         table = pa.Table.from_batches(self._pending, schema=TRACE_SCHEMA)
-        self._writer.write_table(table.slice(0, rows), row_group_size=rows)
+        group = table.slice(0, rows).combine_chunks()
+        self._writer.write_table(group, row_group_size=rows)
         rest = table.slice(rows)
         self._pending = rest.to_batches() if rest.num_rows else []
         self._pending_rows = rest.num_rows
