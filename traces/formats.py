@@ -476,12 +476,19 @@ def _count(value: Any, name: str, from_text: bool) -> int:
 
 
 def _block_tokens(value: Any, name: str, from_text: bool) -> int:
-    count = _count(value, name, from_text)
-    if count > 2**31 - 1:
+    """Return a block size in [0, 2**31); 0 means the row has no hashes."""
+    if from_text:
+        text = value.strip()
+        value = 0 if text in ("0", "0.0") else parse_count_text(text, name)
+    elif value == 0 and not isinstance(value, bool):
+        value = 0
+    else:
+        value = check_count(value, name)
+    if value > 2**31 - 1:
         raise FieldError(
-            name, RowProblem.OUT_OF_RANGE, f"block size {count} is above 2**31 - 1"
+            name, RowProblem.OUT_OF_RANGE, f"block size {value} is above 2**31 - 1"
         )
-    return count
+    return int(value)
 
 
 def _optional_text(value: Any, name: str) -> str | None:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from traces.duck import connect, quote_literal
 from traces.errors import TraceFormatError
 from traces.fields import FieldError, RowProblem, format_utc_ns
 from traces.schema import ROW_GROUP_ROWS, TRACE_SCHEMA
@@ -302,15 +303,11 @@ class Staging:
         )
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        connection = duckdb.connect()
-        connection.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-        if self._work_dir is not None:
-            quoted = str(self._work_dir).replace("'", "''")
-            connection.execute(f"SET temp_directory = '{quoted}'")
+        connection = connect(self._work_dir, DUCKDB_MEMORY_LIMIT)
         if self._spill_path is not None:
-            quoted = str(self._spill_path).replace("'", "''")
+            source = quote_literal(str(self._spill_path))
             connection.execute(
-                f"CREATE VIEW staged AS SELECT * FROM read_parquet('{quoted}')"
+                f"CREATE VIEW staged AS SELECT * FROM read_parquet({source})"
             )
         else:
             staged = pa.Table.from_batches(self._batches)
