@@ -26,6 +26,9 @@ def connect(
     parent = spill_parent if spill_parent is not None else Path(tempfile.gettempdir())
     spill_dir = parent / f"cmx-duckdb-{uuid.uuid4().hex}"
     connection = duckdb.connect()
+    # DuckDB draws a progress bar on stdout for long queries, which would
+    # corrupt the output of `cmx trace info --json`.
+    connection.execute("SET enable_progress_bar = false")
     connection.execute(f"SET memory_limit = {quote_literal(memory_limit)}")
     connection.execute(f"SET temp_directory = {quote_literal(str(spill_dir))}")
     return connection

@@ -287,15 +287,10 @@ def check_hashes(
             RowProblem.INVALID_HASHES,
             f"invalid {field} {short_repr(value)}: expected a list of integers >= 0",
         )
-    for position, block_hash in enumerate(value):
-        valid = isinstance(block_hash, int) and not isinstance(block_hash, bool)
-        if not valid or not 0 <= block_hash <= MAX_UINT64:
-            raise FieldError(
-                field,
-                RowProblem.INVALID_HASHES,
-                f"invalid {field}[{position}] {short_repr(block_hash)}: "
-                "expected an integer in [0, 2**64)",
-            )
+    # Fast path: one pass in C over the types, then min and max.
+    all_ints = set(map(type, value)) <= {int}
+    if not all_ints or (value and (min(value) < 0 or max(value) > MAX_UINT64)):
+        _raise_first_invalid_hash(value, field)
 
     max_blocks = -(-input_tokens // block_tokens) if block_tokens else 0
     if len(value) > max_blocks:
@@ -306,6 +301,18 @@ def check_hashes(
             f"but {input_field} {input_tokens} fills only {max_blocks}",
         )
     return value
+
+
+def _raise_first_invalid_hash(value: list[object], field: str) -> None:
+    for position, block_hash in enumerate(value):
+        valid = isinstance(block_hash, int) and not isinstance(block_hash, bool)
+        if not valid or not 0 <= block_hash <= MAX_UINT64:  # type: ignore[operator]
+            raise FieldError(
+                field,
+                RowProblem.INVALID_HASHES,
+                f"invalid {field}[{position}] {short_repr(block_hash)}: "
+                "expected an integer in [0, 2**64)",
+            )
 
 
 def parse_hashes_text(

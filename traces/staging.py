@@ -244,7 +244,11 @@ class Staging:
             return
         if self._spill is None:
             self._spill = pq.ParquetWriter(str(self._spill_path), batch.schema)
-        self._spill.write_batch(batch)
+        # write_batch would buffer batches into row groups of up to 1Mi rows;
+        # write_table writes each chunk as its own row group, so memory stays
+        # bounded while writing and when the spill file is read back.
+        table = pa.Table.from_batches([batch])
+        self._spill.write_table(table, row_group_size=batch.num_rows)
 
     def finish(
         self,
