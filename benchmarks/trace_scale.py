@@ -10,9 +10,10 @@ Python process so that the peak resident set size (RSS) is the stage's own:
 5. `read`:   pyarrow.parquet.read_table of the whole trace, for comparison:
              what holding the trace in memory costs.
 
-It prints wall time, CPU time (user + system, which other load on the
-machine affects less than wall time; it includes the interpreter start and
-imports), rows per wall second and peak RSS per stage and size, and
+It prints wall time, CPU time, rows per wall second and peak RSS per stage
+and size. CPU time (user + system, including the interpreter start and
+imports) depends less than wall time on other load on the machine. It also
+prints
 the ratio of each stage's peak RSS at the largest size to the smallest: a
 stage that streams stays near 1, while `read` grows with the rows.
 

@@ -163,7 +163,7 @@ def params_from_args(args: argparse.Namespace) -> GeneratorParams:
     """Build GeneratorParams from the options given, defaults for the rest.
 
     A --max-input-tokens below a default median also lowers that median, so
-    that the option works alone; a median given explicitly is kept and
+    that the option works alone. A median given explicitly is kept and
     checked as it is.
     """
     values = {

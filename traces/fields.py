@@ -92,7 +92,7 @@ class TimeZoneRule:
     the source does not say which instant it means. Datetimes that carry
     their own `Z` or offset ignore the rule.
 
-    Raises TraceError for a name that is none of these.
+    Raises TraceError for any other name.
     """
 
     def __init__(self, name: str) -> None:
@@ -219,25 +219,27 @@ def parse_number_text(text: str, field: str) -> Decimal:
     return number
 
 
-def check_time(value: object, field: str, unit: str) -> Decimal | float | int:
-    """Return a time value as a finite number >= 0.
+def check_time(
+    value: object, field: str, unit: str, ns_per_unit: int
+) -> Decimal | float | int:
+    """Return a time value as a finite number in [0, 2**63 ns).
 
     `value` comes from JSON, or from CSV text through parse_number_text.
-    `unit` names the unit in messages (such as `ms`). The value keeps its
-    type so that callers convert it without losing digits.
+    `unit` names the unit in messages (such as `ms`), and `ns_per_unit`
+    sets the upper bound, which keeps times within int64 nanoseconds (about
+    292 years). The value keeps its type so that callers convert it without
+    losing digits.
     """
-    accepted = f"expected a finite number of {unit} >= 0"
+    limit = Decimal(2**63) / ns_per_unit
+    accepted = f"expected a finite number of {unit} in [0, {float(limit):.4g})"
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise FieldError(
             field,
             RowProblem.NOT_A_NUMBER,
             f"invalid timestamp {short_repr(value)}: {accepted}",
         )
-    if isinstance(value, int):
-        finite = True
-    else:
-        finite = math.isfinite(value)
-    if not finite or value < 0 or (isinstance(value, int) and value > MAX_INT64):
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not finite or value < 0 or Decimal(value) >= limit:
         problem = RowProblem.OUT_OF_RANGE if finite else RowProblem.NOT_FINITE
         raise FieldError(
             field, problem, f"invalid timestamp {short_repr(value)}: {accepted}"
@@ -381,7 +383,15 @@ def parse_datetime_ns(text: str, rule: TimeZoneRule, field: str) -> int:
     fraction = match.group(7) or ""
     fraction_ns = int(fraction.ljust(9, "0")) if fraction else 0
     seconds = (local.replace(tzinfo=timezone.utc) - _EPOCH) // timedelta(seconds=1)
-    return (seconds - offset_s) * _NS_PER_S + fraction_ns
+    timestamp_ns = (seconds - offset_s) * _NS_PER_S + fraction_ns
+    if not -(2**63) <= timestamp_ns <= MAX_INT64:
+        raise FieldError(
+            field,
+            RowProblem.INVALID_TIME,
+            f"invalid timestamp {text!r}: expected a time from 1677-09-22 to "
+            "2262-04-11, the range of int64 nanoseconds",
+        )
+    return timestamp_ns
 
 
 def format_utc_ns(timestamp_ns: int) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -94,7 +93,7 @@ class TimeUnit(enum.Enum):
 
     `s`, `ms`, `us` and `ns` are numbers from the trace start, kept as they
     are. `unix_*` are numbers since the Unix epoch (UTC) and `iso` is an
-    ISO-8601 datetime; both are rebased to the earliest arrival, whose
+    ISO-8601 datetime. Both are rebased to the earliest arrival, whose
     absolute time is stored as `trace_start`.
     """
 
@@ -176,7 +175,7 @@ class ColumnMap:
 
 @dataclass(frozen=True)
 class ImportOptions:
-    """How an import treats its source.
+    """Options of an import.
 
     `strict`: reject a row whose time is earlier than the row before it
     (default: sort the rows with a logged warning). `skip_bad_rows`: skip
@@ -239,7 +238,8 @@ def _add_mooncake(record: dict[str, Any], row: int, staging: Staging) -> None:
                 RowProblem.MISSING,
                 "missing field; each line needs " + ", ".join(_MOONCAKE_FIELDS),
             )
-    arrival_ms = _to_float(check_time(record["timestamp"], "timestamp", "milliseconds"))
+    timestamp = check_time(record["timestamp"], "timestamp", "milliseconds", 10**6)
+    arrival_ms = float(timestamp)
     input_tokens = check_count(record["input_length"], "input_length")
     output_tokens = check_count(record["output_length"], "output_length")
     hashes = check_hashes(
@@ -316,7 +316,7 @@ def _burstgpt_values(
         for column, position in positions.items()
     }
     seconds_text = parse_number_text(values["Timestamp"], "Timestamp")
-    seconds = check_time(seconds_text, "Timestamp", "seconds")
+    seconds = check_time(seconds_text, "Timestamp", "seconds", 10**9)
     arrival_ms = float(Decimal(seconds) * 1000)
     input_tokens = parse_count_text(values["Request tokens"], "Request tokens")
     response = values["Response tokens"]
@@ -461,7 +461,7 @@ def _generic_time(
         return parse_datetime_ns(value, rule, columns.arrival)
     if from_text:
         value = parse_number_text(value, columns.arrival)
-    number = check_time(value, columns.arrival, unit.value)
+    number = check_time(value, columns.arrival, unit.value, unit.ns_per_unit)
     exact = Decimal(number) if not isinstance(number, float) else Decimal(repr(number))
     if unit.absolute:
         nanoseconds = (exact * unit.ns_per_unit).to_integral_value(ROUND_HALF_EVEN)
@@ -495,11 +495,3 @@ def _optional_text(value: Any, name: str) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return check_text(value, name)
-
-
-def _to_float(value: Decimal | float | int) -> float:
-    """Convert a checked time to float, giving infinity when it is too large."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf

@@ -35,8 +35,8 @@ prefix reuse ratio of the trace so far (defined in `traces.stats`) tracks the
 target: p covers the reused tokens still missing, up to the prompt's full
 blocks. Follow-up turns already reuse their session's earlier blocks, so a
 target below what sessions alone give cannot be reached and the trace
-exceeds it; a target near 1 cannot be reached either, because first uses of
-a prefix, partial blocks and new messages are never reused.
+exceeds it. A target near 1 cannot be reached either, because first uses
+of a prefix, partial blocks and new messages are never reused.
 `generate_trace` logs a warning when the result misses the target by more
 than 0.01.
 

@@ -3,7 +3,7 @@
 Row numbers are 1-based: the line for JSON lines, the data row after the
 header for CSV. Blank lines are skipped (and counted in a log message) and
 do not change the numbering. A last line without a newline is accepted when
-it parses. When it does not, the error says the file looks truncated.
+it parses. When it does not, the error reports a truncated last line.
 """
 
 from __future__ import annotations

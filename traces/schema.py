@@ -21,12 +21,13 @@ order. Block i of `prefix_block_hashes` covers prompt tokens
 at most ceil(input_tokens / block_tokens) hashes and its last block may be
 partial.
 
-The file metadata carries `cmx.trace.schema_version` and, where known, other
-`cmx.trace.*` keys: `source_format`, `source_file`, `trace_start` (the
-absolute time of arrival_ms 0, ISO-8601 UTC with nanoseconds), `time_zone`
-(the rule applied to source times without a zone), `skipped_rows` and
-`skipped_reasons` (rows an import skipped and why), `generator_params`,
-`generator_seed` and `transforms` (a JSON list of the transforms applied).
+The file metadata contains `cmx.trace.schema_version` and, where known,
+other `cmx.trace.*` keys. They are `source_format`, `source_file`,
+`trace_start` (the absolute time of arrival_ms 0, ISO-8601 UTC with
+nanoseconds), `time_zone` (the rule applied to source times without a
+zone), `skipped_rows` and `skipped_reasons` (rows an import skipped and
+why), `generator_params`, `generator_seed` and `transforms` (a JSON list of
+the transforms applied).
 
 Versions: this code writes version 1 and reads every version from 1 to
 SCHEMA_VERSION. A file of a newer version is rejected with a message that

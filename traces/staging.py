@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from traces.duck import connect, quote_literal
 from traces.errors import TraceFormatError
-from traces.fields import FieldError, RowProblem, format_utc_ns
+from traces.fields import MAX_INT64, FieldError, RowProblem, format_utc_ns
 from traces.schema import ROW_GROUP_ROWS, TRACE_SCHEMA
 
 __all__ = ["ImportReport", "SkippedRows", "Staging"]
@@ -64,11 +64,11 @@ class SkippedRows:
 
 @dataclass(frozen=True)
 class ImportReport:
-    """What an import read, wrote, reordered and skipped.
+    """Counts of the rows an import read, wrote, reordered and skipped.
 
     `records` counts the source's data records (blank lines excluded).
     `reordered_rows` counts rows whose time is earlier than a row before them
-    in the source; they were moved into time order.
+    in the source, which were moved into time order.
     """
 
     source: str
@@ -103,7 +103,7 @@ class Staging:
     """Collector of one import's rows, with its checks across rows.
 
     `absolute_time`: times are int ns since the Unix epoch, rebased to the
-    earliest row; otherwise they are float ms from the trace start, kept as
+    earliest row. Otherwise they are float ms from the trace start, kept as
     they are. `ids_from_source`: request ids come from the source and are
     checked for duplicates; otherwise each row's id is the 0-based index of
     its record. `work_dir`: folder for the spill file and DuckDB's temporary
@@ -244,7 +244,7 @@ class Staging:
             return
         if self._spill is None:
             self._spill = pq.ParquetWriter(str(self._spill_path), batch.schema)
-        # write_batch would buffer batches into row groups of up to 1Mi rows;
+        # write_batch would buffer batches into row groups of up to 1Mi rows.
         # write_table writes each chunk as its own row group, so memory stays
         # bounded while writing and when the spill file is read back.
         table = pa.Table.from_batches([batch])
@@ -269,6 +269,7 @@ class Staging:
             self._spill.close()
         if self._rows == 0:
             self._raise_no_rows()
+        self._check_span()
         if self._reordered:
             logger.warning(
                 "%s: %d rows arrive earlier than a row before them (first at row "
@@ -297,6 +298,19 @@ class Staging:
             reordered_rows=self._reordered,
             skipped=tuple(sorted(self._skipped.values(), key=lambda e: e.first_row)),
         )
+
+    def _check_span(self) -> None:
+        """Raise TraceFormatError when rebased times would overflow int64 ns."""
+        latest, earliest = self._latest_time, self._earliest_time
+        if not self._absolute_time or latest is None or earliest is None:
+            return
+        if latest - earliest > MAX_INT64:
+            raise TraceFormatError(
+                self.path,
+                f"times span from {format_utc_ns(int(earliest))} to "
+                f"{format_utc_ns(int(latest))}, more than 2**63 ns (about 292 "
+                "years); check the time unit",
+            )
 
     def _raise_no_rows(self) -> None:
         if self.records == 0:
@@ -372,7 +386,7 @@ class Staging:
             batch = batch.filter(pa.array(keep))
         time = batch.column("time")
         if self._absolute_time:
-            offsets_ns = pc.subtract(time, pa.scalar(origin, type=pa.int64()))
+            offsets_ns = pc.subtract_checked(time, pa.scalar(origin, type=pa.int64()))
             arrival_ms = pc.divide(pc.cast(offsets_ns, pa.float64()), _NS_PER_MS)
         else:
             arrival_ms = time

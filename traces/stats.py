@@ -17,8 +17,8 @@ Definitions, for a trace of n rows in file order (which is arrival order):
 - `sessions`: distinct non-null session ids; `session_requests`: rows with a
   session id; `max_turns`: most rows sharing one session id.
 - `prefix_reuse_ratio`, the ideal prefix reuse ratio: the fraction of all
-  prompt tokens that lie in blocks whose hash appeared in an earlier row,
-  that is, the hit ratio of an infinite prefix cache that keeps every block
+  prompt tokens that lie in blocks whose hash appeared in an earlier row.
+  It is the hit ratio of an infinite prefix cache that keeps every block
   of every earlier request. Block i of a row covers prompt tokens
   [i * B, min((i + 1) * B, input_tokens)) with B its block_tokens, so the
   reused tokens of a row are the sum of min(B, input_tokens - i * B) over

@@ -3,8 +3,8 @@
 Each transform streams its input in batches and writes a new trace file, so
 traces of any size fit in bounded memory. The output keeps the input's
 metadata and appends a description of the transform to the JSON list under
-`transforms`. Arrival times stay in the input's time base unless a
-transform says otherwise.
+`transforms`. Arrival times stay in the input's time base except where a
+transform's docstring states a change.
 
 Hash mixing: where rows from different inputs or replicas must not share
 prefix blocks, each block hash h of stream k becomes splitmix64(h + k * G)
@@ -128,8 +128,8 @@ def scale_trace(
 
     Time: arrival' = t0 + (arrival - t0) / speedup, with t0 the first
     arrival. Rate: a factor below 1 keeps each row with that probability
-    (thinning); above 1, each row is sent floor(f) times plus once more with
-    probability f - floor(f). Copy k >= 1 of row i arrives uniformly in
+    (thinning). A factor f above 1 sends each row floor(f) times plus once
+    more with probability f - floor(f). Copy k >= 1 of row i arrives uniformly in
     [t_i, t_i+1) (at t_i for the last row), so bursts stay bursts. Its
     request id and session id get the suffix `#k` and its block hashes are
     mixed with k, so copies do not share prefix blocks with each other.
@@ -170,7 +170,7 @@ def merge_traces(
     so they stay unique. Block hashes of input k >= 1 are mixed with k
     unless `shared_hashes`, because unrelated traces number their blocks
     alike; the first input keeps its hashes.
-    By default each input keeps its own time base (all start together);
+    By default each input keeps its own time base, so all start together.
     `absolute` shifts each input by its `trace_start` so that they line up
     in real time, and raises TransformError when an input has none.
     Returns the number of rows written.
@@ -218,9 +218,10 @@ def sample_trace(
 ) -> int:
     """Keep a seeded random sample of the rows, in their order.
 
-    Give exactly one of `fraction` (each row, or each session with
-    `by_session`, is kept with that probability) and `requests` (exactly
-    that many rows, uniformly without replacement; not with `by_session`).
+    Give exactly one of `fraction` and `requests`. With `fraction`, each row
+    (or each session, with `by_session`) is kept with that probability. With
+    `requests`, exactly that many rows are kept, uniformly without
+    replacement, and `by_session` is not accepted.
     With `by_session`, a session is kept when a keyed BLAKE2b hash of its
     id falls below the fraction, so all its turns stay or go together; rows
     without a session are sampled one by one. Returns the number of rows

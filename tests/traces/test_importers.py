@@ -673,6 +673,25 @@ BAD_INPUTS = [
         "malformed JSON",
     ),
     (
+        "time beyond int64 ns",
+        SourceFormat.MOONCAKE,
+        "a.jsonl",
+        GOOD_JSON + '{"timestamp": 1e300, "input_length": 1, "output_length": 1, '
+        '"hash_ids": []}\n',
+        2,
+        "timestamp",
+        "expected a finite number of milliseconds in [0, 9.223e+12)",
+    ),
+    (
+        "datetime beyond int64 ns",
+        SourceFormat.AZURE,
+        "a.csv",
+        AZURE_HEADER + GOOD_CSV + "1492-10-12 06:00:00,12,5\n",
+        2,
+        "TIMESTAMP",
+        "expected a time from 1677-09-22 to 2262-04-11",
+    ),
+    (
         "ambiguous local time",
         SourceFormat.AZURE,
         "a.csv",
