@@ -71,6 +71,32 @@ class GeneratorParams:
     burstiness: float = 0.25
     """Gamma shape of inter-arrival times, in [0.001, 1000]. 1 is Poisson,
     0.25 is CV 2; used by the gamma process only."""
+    input_median_tokens: int = 5500
+    """Median prompt length of a session's first turn, in tokens."""
+    input_sigma: float = 1.0
+    """Lognormal sigma of first-turn prompt and follow-up message lengths."""
+    min_input_tokens: int = 16
+    """Minimum first-turn prompt length, in tokens (>= 1)."""
+    max_input_tokens: int = 131072
+    """Maximum prompt length of any turn, in tokens; up to MAX_PROMPT_BLOCKS
+    blocks."""
+    output_median_tokens: int = 300
+    """Median output length, in tokens."""
+    output_sigma: float = 0.8
+    """Lognormal sigma of output lengths."""
+    max_output_tokens: int = 4096
+    """Maximum output length, in tokens. The minimum is 1."""
+    mean_turns: float = 3.0
+    """Mean number of turns per session (>= 1). 1 makes every request a
+    session of its own."""
+    turn_median_tokens: int = 400
+    """Median length of the new user message in a follow-up turn, in tokens
+    (lognormal with input_sigma)."""
+    block_tokens: int = 512
+    """Tokens per hashed prefix block."""
+
+    # Fields added later stay after the first ones, so that positional
+    # construction keeps working.
     arrival_process: ArrivalProcess = ArrivalProcess.GAMMA
     """Base arrival process: gamma renewal or on-off (MMPP-2)."""
     on_mean_s: float = 10.0
@@ -85,35 +111,12 @@ class GeneratorParams:
     """Period P of the diurnal modulation, in seconds (> 0)."""
     input_distribution: LengthDistribution = LengthDistribution.LOGNORMAL
     """Distribution of a session's first prompt length."""
-    input_median_tokens: int = 5500
-    """Median prompt length of a session's first turn, in tokens."""
-    input_sigma: float = 1.0
-    """Lognormal sigma of first-turn prompt and follow-up message lengths."""
     input_pareto_alpha: float = 1.5
     """Tail index of Pareto prompt lengths, in [0.1, 100]; smaller is heavier."""
-    min_input_tokens: int = 16
-    """Minimum first-turn prompt length, in tokens (>= 1)."""
-    max_input_tokens: int = 131072
-    """Maximum prompt length of any turn, in tokens; up to MAX_PROMPT_BLOCKS
-    blocks."""
     output_distribution: LengthDistribution = LengthDistribution.LOGNORMAL
     """Distribution of output lengths."""
-    output_median_tokens: int = 300
-    """Median output length, in tokens."""
-    output_sigma: float = 0.8
-    """Lognormal sigma of output lengths."""
     output_pareto_alpha: float = 1.5
     """Tail index of Pareto output lengths, in [0.1, 100]."""
-    max_output_tokens: int = 4096
-    """Maximum output length, in tokens. The minimum is 1."""
-    mean_turns: float = 3.0
-    """Mean number of turns per session (>= 1). 1 makes every request a
-    session of its own."""
-    turn_median_tokens: int = 400
-    """Median length of the new user message in a follow-up turn, in tokens
-    (lognormal with input_sigma)."""
-    block_tokens: int = 512
-    """Tokens per hashed prefix block."""
     prefix_reuse_ratio: float | None = None
     """Target ideal prefix reuse ratio in [0, 1), reached with shared
     prefixes; None adds no shared prefixes."""

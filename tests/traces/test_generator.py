@@ -461,3 +461,13 @@ def test_invalid_seed_rejected(seed: object) -> None:
     assert str(raised.value) == (
         f"invalid generator parameter seed={seed!r}: expected an integer >= 0"
     )
+
+
+def test_original_fields_keep_positions() -> None:
+    params = GeneratorParams(10, 2.0, 1.0, 1000, 0.5, 8, 4096, 50, 0.3, 512, 2.0)
+
+    assert params.requests == 10
+    assert params.input_median_tokens == 1000
+    assert params.min_input_tokens == 8
+    assert params.max_output_tokens == 512
+    assert params.mean_turns == 2.0
