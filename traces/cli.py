@@ -263,6 +263,7 @@ def _print_stats(stats: TraceStats, console: Console) -> None:
     summary.add_column("value", justify="right")
     summary.add_row("requests", f"{stats.rows:,}")
     summary.add_row("source", stats.source_format or "n/a")
+    summary.add_row("trace start", stats.trace_start or "n/a")
     summary.add_row("duration", _format_optional(stats.duration_s, "s"))
     summary.add_row("mean rate", _format_optional(stats.mean_rate_per_s, "requests/s"))
     summary.add_row("inter-arrival CV", _format_optional(stats.interarrival_cv, ""))

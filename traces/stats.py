@@ -131,7 +131,8 @@ class TraceStats:
     empty trace. `mean_rate_per_s` is None when the duration is 0 or
     unknown, `interarrival_cv` when there are fewer than two gaps or their
     mean is 0, and `prefix_reuse_ratio` when it was not computed (the
-    `reuse=False` option) or the trace is empty.
+    `reuse=False` option) or the trace is empty. `source_format` and
+    `trace_start` come from the file metadata, None when absent.
     """
 
     path: str
@@ -149,6 +150,7 @@ class TraceStats:
     max_turns: int | None
     prefix_reuse_ratio: float | None
     source_format: str | None
+    trace_start: str | None
 
 
 def describe_trace(path: str | Path, reuse: bool = True) -> TraceStats:
@@ -167,7 +169,7 @@ def describe_trace(path: str | Path, reuse: bool = True) -> TraceStats:
         message = f"DuckDB cannot read the trace ({error})"
         raise TraceFormatError(name, message) from None
 
-    stats = _build_stats(name, values, metadata.get("source_format"))
+    stats = _build_stats(name, values, metadata)
     logger.debug("described %s: %s", name, stats)
     return stats
 
@@ -195,7 +197,7 @@ def _query_all(name: str, reuse: bool) -> dict[str, Any]:
 
 
 def _build_stats(
-    name: str, values: dict[str, Any], source_format: str | None
+    name: str, values: dict[str, Any], metadata: dict[str, str]
 ) -> TraceStats:
     rows = int(values["rows"])
     duration_s = None
@@ -222,7 +224,8 @@ def _build_stats(
         session_requests=int(values["session_requests"]),
         max_turns=values.get("max_turns"),
         prefix_reuse_ratio=reuse_ratio,
-        source_format=source_format,
+        source_format=metadata.get("source_format"),
+        trace_start=metadata.get("trace_start"),
     )
 
 

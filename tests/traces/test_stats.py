@@ -315,3 +315,4 @@ def test_azure_figures_match_independent(tmp_path: Path) -> None:
     assert stats.input_tokens.p99 == pytest.approx(expected["p99"], rel=1e-12)
     assert stats.prefix_reuse_ratio == 0.0
     assert stats.sessions == 0
+    assert stats.trace_start == "2023-11-16T18:17:03.979960000Z"
