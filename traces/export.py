@@ -33,6 +33,8 @@ __all__ = ["ExportFormat", "export_trace"]
 
 logger = logging.getLogger(__name__)
 
+_EXPORT_BATCH_ROWS = 8192
+
 
 class ExportFormat(enum.Enum):
     """Formats that `cmx trace export` writes."""
@@ -62,7 +64,8 @@ def export_trace(
 
 
 def _rows(source: str | Path) -> Iterator[dict[str, Any]]:
-    for batch in iter_trace_batches(source):
+    # Small batches keep the Python objects of to_pylist few at a time.
+    for batch in iter_trace_batches(source, batch_rows=_EXPORT_BATCH_ROWS):
         yield from pa.Table.from_batches([batch], schema=TRACE_SCHEMA).to_pylist()
 
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from traces.duck import connect, quote_literal
 from traces.errors import TraceFormatError
 from traces.fields import MAX_INT64, FieldError, RowProblem, format_utc_ns
-from traces.schema import ROW_GROUP_ROWS, TRACE_SCHEMA
+from traces.schema import ROW_GROUP_ROWS, TRACE_SCHEMA, open_parquet_stream
 
 __all__ = ["ImportReport", "SkippedRows", "Staging"]
 
@@ -370,7 +370,7 @@ class Staging:
             relation = connection.sql("SELECT * FROM staged ORDER BY time, source_row")
             yield from relation.to_arrow_reader(ROW_GROUP_ROWS)
         elif self._spill_path is not None:
-            parquet_file = pq.ParquetFile(str(self._spill_path))
+            parquet_file = open_parquet_stream(self._spill_path)
             yield from parquet_file.iter_batches(batch_size=ROW_GROUP_ROWS)
         else:
             yield from self._batches
