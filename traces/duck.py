@@ -10,8 +10,10 @@ import duckdb
 
 __all__ = ["connect", "quote_literal"]
 
-DEFAULT_MEMORY_LIMIT = "1GB"
-"""Memory one DuckDB connection may use before it spills to disk."""
+DEFAULT_MEMORY_LIMIT = "512MB"
+"""Memory one DuckDB connection may use before it spills to disk. On a
+2M-request generated trace, `describe_trace` peaked at 0.7 GB resident with
+this limit and 1.3 GB with a 1 GB limit, for about 20% more CPU time."""
 
 
 def connect(

@@ -35,9 +35,6 @@ __all__ = ["ImportReport", "SkippedRows", "Staging"]
 
 logger = logging.getLogger(__name__)
 
-DUCKDB_MEMORY_LIMIT = "512MB"
-"""Memory DuckDB may use to sort or check ids before it spills to disk."""
-
 _NS_PER_MS = 1_000_000
 
 
@@ -321,7 +318,7 @@ class Staging:
         )
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        connection = connect(self._work_dir, DUCKDB_MEMORY_LIMIT)
+        connection = connect(self._work_dir)
         if self._spill_path is not None:
             source = quote_literal(str(self._spill_path))
             connection.execute(
