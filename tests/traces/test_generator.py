@@ -134,7 +134,8 @@ def test_single_request() -> None:
 
     row = trace.table.to_pylist()[0]
     full_blocks = row["input_tokens"] // 512
-    # Session 0 of K=16 prefixes, M = 131072 / 512 = 256: hashes start at 16 * 256.
+    # With K = 16 shared prefixes and M = 131072 / 512 = 256 blocks, session 0
+    # has the hashes 16 * 256 + i.
     assert row["request_id"] == "0"
     assert row["arrival_ms"] == 0.0
     assert row["session_id"] == "session-0"
