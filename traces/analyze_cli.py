@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Sequence
 
 from traces.analysis import Analysis, AnalysisError, summarize
-from traces.formats import OutputFormat, to_json_value, write_table
+from traces.output_formats import OutputFormat, to_json_value, write_table
 from traces.queries import CANNED_QUERIES, CannedQuery
 
 __all__ = ["parse_param_assignments", "print_source_warnings", "register", "run"]

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from traces.analysis import Analysis, AnalysisError, QueryResult
 from traces.analyze_cli import print_source_warnings
-from traces.formats import OutputFormat, write_table
+from traces.output_formats import OutputFormat, write_table
 from traces.queries import PERCENTILE_METRICS, QUANTILES
 
 __all__ = [

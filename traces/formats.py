@@ -1,179 +1,497 @@
-"""Printing and saving query results as a table, JSON, CSV or Parquet.
+"""Source formats: how each one's records become canonical rows.
 
-JSON is an array with one object per row. NULL is written as `null`, and
-so are NaN and infinite values, because JSON cannot represent them (the
-canned queries return none, but ad hoc SQL might). CSV has a header row
-and an empty field for NULL. Parquet keeps the column types and needs an
-output file.
+- Mooncake JSON lines: `timestamp` (ms from the trace start), `input_length`,
+  `output_length` and `hash_ids` (one id per 512-token block of the prompt,
+  the last block possibly partial). Times are kept as they are.
+- Azure LLM inference CSV: `TIMESTAMP`, `ContextTokens`, `GeneratedTokens`;
+  other columns are ignored. The 2023 files write times such as
+  `2023-11-16 18:17:03.9799600` without a zone; the 2024 files write
+  `2024-05-10 00:00:00.009930+00:00`. Times without a zone follow the time
+  zone rule (UTC by default). Arrivals are rebased to the earliest time.
+- BurstGPT CSV: `Timestamp` (seconds from 0:00:00 on the trace's first day,
+  kept as they are), `Request tokens`, `Response tokens` and, when present,
+  `Total tokens`, which must equal their sum. `Model` and `Log Type` are
+  not stored. BurstGPT records a failed request with 0 response tokens;
+  such rows are invalid, so they are rejected or, with skip_bad_rows,
+  skipped and counted.
+- Generic CSV or JSON lines with a ColumnMap naming the source column of
+  each canonical field, and a TimeUnit for the arrival column.
 """
 
 from __future__ import annotations
 
-import csv
-import datetime
-import decimal
-import io
-import json
-import logging
-import math
-import sys
-from collections.abc import Sequence
-from enum import Enum
-from pathlib import Path
-from typing import Any, TextIO
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-from rich.console import Console
-from rich.table import Table
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 from traces.errors import TraceError
+from traces.fields import (
+    FieldError,
+    RowProblem,
+    TimeZoneRule,
+    check_count,
+    check_hashes,
+    check_text,
+    check_time,
+    parse_count_text,
+    parse_datetime_ns,
+    parse_hashes_text,
+    parse_number_text,
+)
+from traces.readers import (
+    CsvRecord,
+    ProgressCallback,
+    as_truncated,
+    check_field_count,
+    column_positions,
+    csv_value,
+    iter_csv_records,
+    iter_json_records,
+)
+from traces.staging import Staging
 
 __all__ = [
-    "OutputFormat",
-    "format_cell",
-    "render_rows",
-    "to_json_value",
-    "write_table",
+    "AZURE_COLUMNS",
+    "BURSTGPT_COLUMNS",
+    "MOONCAKE_BLOCK_TOKENS",
+    "ColumnMap",
+    "ImportOptions",
+    "SourceFormat",
+    "TimeUnit",
+    "read_source",
+    "uses_absolute_time",
 ]
 
-logger = logging.getLogger(__name__)
+MOONCAKE_BLOCK_TOKENS = 512
+"""Tokens per `hash_ids` block in Mooncake traces."""
+
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+"""Columns the Azure importer reads. Other columns are ignored."""
+
+BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
+"""Columns the BurstGPT importer requires. `Total tokens` is checked when
+present; other columns are ignored."""
+
+_MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 
 
-class OutputFormat(Enum):
-    """Output format of a query result."""
+class SourceFormat(enum.Enum):
+    """Source formats that `cmx trace import` reads."""
 
-    TABLE = "table"
-    JSON = "json"
+    MOONCAKE = "mooncake"
+    AZURE = "azure"
+    BURSTGPT = "burstgpt"
     CSV = "csv"
-    PARQUET = "parquet"
+    JSONL = "jsonl"
 
 
-def write_table(
-    table: pa.Table,
-    output_format: OutputFormat,
-    output_path: str | Path | None = None,
-    *,
-    title: str | None = None,
-    transpose: bool = False,
-) -> None:
-    """Write `table` in `output_format` to `output_path`, or to stdout.
+class TimeUnit(enum.Enum):
+    """Meaning of a generic source's arrival column.
 
-    `transpose` prints a table with one row per column and one column per
-    row, which reads better for a summary of a few runs. Raises TraceError
-    when Parquet is asked for without an output path, or the output path
-    cannot be written.
+    `s`, `ms`, `us` and `ns` are numbers from the trace start, kept as they
+    are. `unix_*` are numbers since the Unix epoch (UTC) and `iso` is an
+    ISO-8601 datetime. Both are rebased to the earliest arrival, whose
+    absolute time is stored as `trace_start`.
     """
-    if output_format is OutputFormat.PARQUET:
-        if output_path is None:
-            raise TraceError("--format parquet needs an output file (-o FILE)")
-        _write_parquet(table, Path(output_path))
-        return
 
-    rows: list[dict[str, Any]] = table.to_pylist()
-    columns = list(table.column_names)
-    if output_path is None:
-        render_rows(rows, columns, output_format, sys.stdout, title, transpose)
-        return
-    buffer = io.StringIO()
-    render_rows(rows, columns, output_format, buffer, title, transpose)
-    try:
-        Path(output_path).write_text(buffer.getvalue(), encoding="utf-8")
-    except OSError as error:
-        raise TraceError(f"cannot write {output_path}: {error.strerror}") from None
+    S = "s"
+    MS = "ms"
+    US = "us"
+    NS = "ns"
+    UNIX_S = "unix_s"
+    UNIX_MS = "unix_ms"
+    UNIX_US = "unix_us"
+    UNIX_NS = "unix_ns"
+    ISO = "iso"
+
+    @property
+    def absolute(self) -> bool:
+        """Whether the values are absolute times, rebased on import."""
+        return self.value.startswith("unix_") or self is TimeUnit.ISO
+
+    @property
+    def ns_per_unit(self) -> int:
+        """Nanoseconds per unit of a numeric value (1 for `iso`)."""
+        base = self.value.removeprefix("unix_")
+        return {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(base, 1)
 
 
-def render_rows(
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str],
-    output_format: OutputFormat,
-    stream: TextIO,
-    title: str | None = None,
-    transpose: bool = False,
-) -> None:
-    """Write `rows` (dictionaries keyed by `columns`) to `stream`."""
-    if output_format is OutputFormat.JSON:
-        values = [
-            {key: to_json_value(value) for key, value in row.items()} for row in rows
+@dataclass(frozen=True)
+class ColumnMap:
+    """Source column (CSV) or key (JSON) of each canonical field.
+
+    The defaults are the canonical names, so a trace exported with
+    `cmx trace export --format csv` imports with no mapping. Optional
+    fields whose column is absent from the source are left empty:
+    request ids become row indexes, hashes empty and sessions null.
+    `default_block_tokens` applies when no block_tokens column exists.
+    """
+
+    arrival: str = "arrival_ms"
+    input_tokens: str = "input_tokens"
+    output_tokens: str = "output_tokens"
+    request_id: str = "request_id"
+    session_id: str = "session_id"
+    prefix_block_hashes: str = "prefix_block_hashes"
+    block_tokens: str = "block_tokens"
+    time_unit: TimeUnit = TimeUnit.MS
+    default_block_tokens: int = 0
+
+    @classmethod
+    def from_pairs(cls, pairs: Mapping[str, str], **options: Any) -> ColumnMap:
+        """Build a map from {canonical field: source column}.
+
+        Raises TraceError for an unknown canonical field.
+        """
+        fields = [
+            name
+            for name in cls.__dataclass_fields__
+            if name not in ("time_unit", "default_block_tokens")
         ]
-        stream.write(json.dumps(values, allow_nan=False) + "\n")
-    elif output_format is OutputFormat.CSV:
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row[key] is None else row[key] for key in columns])
+        for name in pairs:
+            if name not in fields:
+                raise TraceError(
+                    f"invalid column map field {name!r}: expected one of "
+                    f"{', '.join(fields)}"
+                )
+        changes: dict[str, Any] = dict(pairs)
+        return dataclasses.replace(cls(**options), **changes)
+
+    def to_pairs(self) -> dict[str, str]:
+        """Return {canonical field: source column} for the metadata."""
+        return {
+            "arrival": self.arrival,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "request_id": self.request_id,
+            "session_id": self.session_id,
+            "prefix_block_hashes": self.prefix_block_hashes,
+            "block_tokens": self.block_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Options of an import.
+
+    `strict`: reject a row whose time is earlier than the row before it
+    (default: sort the rows with a logged warning). `skip_bad_rows`: skip
+    and count invalid rows instead of stopping at the first. `time_zone`:
+    the rule for source datetimes without a zone. `columns`: the map of a
+    generic CSV or JSON lines source.
+    """
+
+    strict: bool = False
+    skip_bad_rows: bool = False
+    time_zone: str = "UTC"
+    columns: ColumnMap = field(default_factory=ColumnMap)
+
+
+def uses_absolute_time(source_format: SourceFormat, options: ImportOptions) -> bool:
+    """Return whether `source_format` has absolute times to rebase."""
+    if source_format is SourceFormat.AZURE:
+        return True
+    if source_format in (SourceFormat.CSV, SourceFormat.JSONL):
+        return options.columns.time_unit.absolute
+    return False
+
+
+def read_source(
+    source_format: SourceFormat,
+    path: str,
+    staging: Staging,
+    options: ImportOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    """Read every record of `path` into `staging`."""
+    readers: dict[SourceFormat, Callable[..., None]] = {
+        SourceFormat.MOONCAKE: _read_mooncake,
+        SourceFormat.AZURE: _read_azure,
+        SourceFormat.BURSTGPT: _read_burstgpt,
+        SourceFormat.CSV: _read_generic_csv,
+        SourceFormat.JSONL: _read_generic_jsonl,
+    }
+    readers[source_format](path, staging, options, progress)
+
+
+def _read_mooncake(
+    path: str,
+    staging: Staging,
+    options: ImportOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    for row, record in iter_json_records(path, staging, progress):
+        try:
+            _add_mooncake(record, row, staging)
+        except FieldError as error:
+            staging.reject(error, row)
+
+
+def _add_mooncake(record: dict[str, Any], row: int, staging: Staging) -> None:
+    for name in _MOONCAKE_FIELDS:
+        if name not in record:
+            raise FieldError(
+                name,
+                RowProblem.MISSING,
+                "missing field; each line needs " + ", ".join(_MOONCAKE_FIELDS),
+            )
+    timestamp = check_time(record["timestamp"], "timestamp", "milliseconds", 10**6)
+    arrival_ms = float(timestamp)
+    input_tokens = check_count(record["input_length"], "input_length")
+    output_tokens = check_count(record["output_length"], "output_length")
+    hashes = check_hashes(
+        record["hash_ids"],
+        input_tokens,
+        MOONCAKE_BLOCK_TOKENS,
+        "hash_ids",
+        "input_length",
+    )
+    staging.add(
+        row, arrival_ms, input_tokens, output_tokens, hashes, MOONCAKE_BLOCK_TOKENS
+    )
+
+
+def _read_azure(
+    path: str,
+    staging: Staging,
+    options: ImportOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    rule = TimeZoneRule(options.time_zone)
+    header, records = iter_csv_records(path, staging, progress)
+    positions = column_positions(header, AZURE_COLUMNS, path)
+    for record in records:
+        try:
+            check_field_count(record, len(header))
+            values = {
+                column: csv_value(record, position, column, len(header))
+                for column, position in positions.items()
+            }
+            timestamp_ns = parse_datetime_ns(values["TIMESTAMP"], rule, "TIMESTAMP")
+            input_tokens = parse_count_text(values["ContextTokens"], "ContextTokens")
+            output_tokens = parse_count_text(
+                values["GeneratedTokens"], "GeneratedTokens"
+            )
+        except FieldError as error:
+            staging.reject(
+                as_truncated(error) if record.truncated else error, record.row
+            )
+            continue
+        staging.add(record.row, timestamp_ns, input_tokens, output_tokens, [], 0)
+
+
+def _read_burstgpt(
+    path: str,
+    staging: Staging,
+    options: ImportOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    header, records = iter_csv_records(path, staging, progress)
+    positions = column_positions(header, BURSTGPT_COLUMNS, path)
+    total_position = header.index("Total tokens") if "Total tokens" in header else None
+    for record in records:
+        try:
+            row_values = _burstgpt_values(record, header, positions, total_position)
+        except FieldError as error:
+            staging.reject(
+                as_truncated(error) if record.truncated else error, record.row
+            )
+            continue
+        arrival_ms, input_tokens, output_tokens = row_values
+        staging.add(record.row, arrival_ms, input_tokens, output_tokens, [], 0)
+
+
+def _burstgpt_values(
+    record: CsvRecord,
+    header: list[str],
+    positions: dict[str, int],
+    total_position: int | None,
+) -> tuple[float, int, int]:
+    check_field_count(record, len(header))
+    values = {
+        column: csv_value(record, position, column, len(header))
+        for column, position in positions.items()
+    }
+    seconds_text = parse_number_text(values["Timestamp"], "Timestamp")
+    seconds = check_time(seconds_text, "Timestamp", "seconds", 10**9)
+    arrival_ms = float(Decimal(seconds) * 1000)
+    input_tokens = parse_count_text(values["Request tokens"], "Request tokens")
+    response = values["Response tokens"]
+    if response.strip() in ("0", "0.0"):
+        raise FieldError(
+            "Response tokens",
+            RowProblem.FAILED_REQUEST,
+            "0 response tokens, which BurstGPT records for a failed request; "
+            "pass --skip-bad-rows to skip failed requests",
+        )
+    output_tokens = parse_count_text(response, "Response tokens")
+    if total_position is not None:
+        total_text = csv_value(record, total_position, "Total tokens", len(header))
+        total = parse_number_text(total_text, "Total tokens")
+        if total != input_tokens + output_tokens:
+            raise FieldError(
+                "Total tokens",
+                RowProblem.TOTAL_MISMATCH,
+                f"Total tokens {total_text.strip()} is not Request tokens plus "
+                f"Response tokens ({input_tokens} + {output_tokens})",
+            )
+    return arrival_ms, input_tokens, output_tokens
+
+
+def _read_generic_csv(
+    path: str,
+    staging: Staging,
+    options: ImportOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    columns = options.columns
+    rule = TimeZoneRule(options.time_zone)
+    header, records = iter_csv_records(path, staging, progress)
+    required = (columns.arrival, columns.input_tokens, columns.output_tokens)
+    positions = column_positions(header, required, path)
+    optional = {
+        name: header.index(name)
+        for name in (
+            columns.request_id,
+            columns.session_id,
+            columns.prefix_block_hashes,
+            columns.block_tokens,
+        )
+        if name in header
+    }
+    for record in records:
+        try:
+            check_field_count(record, len(header))
+            found = {
+                name: csv_value(record, position, name, len(header))
+                for name, position in positions.items()
+            }
+            for name, position in optional.items():
+                text = record.values[position] if position < len(record.values) else ""
+                found[name] = text
+            _add_generic(found, record.row, staging, columns, rule, from_text=True)
+        except FieldError as error:
+            staging.reject(
+                as_truncated(error) if record.truncated else error, record.row
+            )
+
+
+def _read_generic_jsonl(
+    path: str,
+    staging: Staging,
+    options: ImportOptions,
+    progress: ProgressCallback | None,
+) -> None:
+    columns = options.columns
+    rule = TimeZoneRule(options.time_zone)
+    for row, record in iter_json_records(path, staging, progress, parse_float=Decimal):
+        try:
+            for name in (columns.arrival, columns.input_tokens, columns.output_tokens):
+                if name not in record:
+                    raise FieldError(name, RowProblem.MISSING, "missing field")
+            _add_generic(record, row, staging, columns, rule, from_text=False)
+        except FieldError as error:
+            staging.reject(error, row)
+
+
+def _add_generic(
+    found: Mapping[str, Any],
+    row: int,
+    staging: Staging,
+    columns: ColumnMap,
+    rule: TimeZoneRule,
+    from_text: bool,
+) -> None:
+    """Check one generic record and add it to `staging`."""
+    time = _generic_time(found[columns.arrival], columns, rule, from_text)
+    input_tokens = _count(found[columns.input_tokens], columns.input_tokens, from_text)
+    output_tokens = _count(
+        found[columns.output_tokens], columns.output_tokens, from_text
+    )
+
+    block_tokens = columns.default_block_tokens
+    block_value = found.get(columns.block_tokens)
+    if block_value is not None and (not from_text or str(block_value).strip()):
+        block_tokens = _block_tokens(block_value, columns.block_tokens, from_text)
+    hashes: list[int] = []
+    hash_value = found.get(columns.prefix_block_hashes)
+    if hash_value is not None:
+        field_name = columns.prefix_block_hashes
+        check = parse_hashes_text if from_text else check_hashes
+        hashes = check(
+            hash_value, input_tokens, block_tokens, field_name, columns.input_tokens
+        )
+    if hashes and block_tokens == 0:
+        raise FieldError(
+            columns.block_tokens,
+            RowProblem.MISSING,
+            "hashes need a block size: map a block_tokens column or pass "
+            "--block-tokens",
+        )
+
+    request_id = _optional_text(found.get(columns.request_id), columns.request_id)
+    session_id = _optional_text(found.get(columns.session_id), columns.session_id)
+    staging.add(
+        row,
+        time,
+        input_tokens,
+        output_tokens,
+        hashes,
+        block_tokens,
+        request_id=request_id,
+        session_id=session_id,
+    )
+
+
+def _generic_time(
+    value: Any, columns: ColumnMap, rule: TimeZoneRule, from_text: bool
+) -> float | int:
+    """Return ms from the trace start (relative units) or ns since the epoch."""
+    unit = columns.time_unit
+    if unit is TimeUnit.ISO:
+        if not isinstance(value, str):
+            raise FieldError(
+                columns.arrival,
+                RowProblem.INVALID_TIME,
+                f"invalid timestamp {value!r}: expected an ISO-8601 string",
+            )
+        return parse_datetime_ns(value, rule, columns.arrival)
+    if from_text:
+        value = parse_number_text(value, columns.arrival)
+    number = check_time(value, columns.arrival, unit.value, unit.ns_per_unit)
+    exact = Decimal(number) if not isinstance(number, float) else Decimal(repr(number))
+    if unit.absolute:
+        nanoseconds = (exact * unit.ns_per_unit).to_integral_value(ROUND_HALF_EVEN)
+        return int(nanoseconds)
+    return float(exact * unit.ns_per_unit / 1_000_000)
+
+
+def _count(value: Any, name: str, from_text: bool) -> int:
+    if from_text:
+        return parse_count_text(value, name)
+    return check_count(value, name)
+
+
+def _block_tokens(value: Any, name: str, from_text: bool) -> int:
+    """Return a block size in [0, 2**31); 0 means the row has no hashes."""
+    if from_text:
+        text = value.strip()
+        value = 0 if text in ("0", "0.0") else parse_count_text(text, name)
+    elif value == 0 and not isinstance(value, bool):
+        value = 0
     else:
-        table = _rich_table(rows, columns, transpose)
-        is_terminal = stream.isatty()
-        console = Console(file=stream, width=None if is_terminal else 200)
-        if title is not None:
-            console.print(title, markup=False, highlight=False)
-        console.print(table)
+        value = check_count(value, name)
+    if value > 2**31 - 1:
+        raise FieldError(
+            name, RowProblem.OUT_OF_RANGE, f"block size {value} is above 2**31 - 1"
+        )
+    return int(value)
 
 
-def to_json_value(value: object) -> object:
-    """Return `value` as a JSON-ready value (non-finite floats become None)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        return to_json_value(float(value))
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list | tuple):
-        return [to_json_value(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): to_json_value(item) for key, item in value.items()}
-    return value
-
-
-def format_cell(value: object) -> str:
-    """Format one value for a printed table: '-' for NULL, 3 decimals or 4 digits."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value == 0 or abs(value) >= 1:
-            return f"{value:,.3f}"
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _rich_table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str], transpose: bool
-) -> Table:
-    table = Table()
-    if not rows:
-        table.add_column("result")
-        table.add_row("(no rows)")
-        return table
-
-    if transpose:
-        table.add_column("metric")
-        key_column = columns[0]
-        for row in rows:
-            table.add_column(str(row[key_column]), justify="right")
-        for name in columns[1:]:
-            table.add_row(name, *(format_cell(row[name]) for row in rows))
-        return table
-
-    for name in columns:
-        table.add_column(name, justify="right")
-    for row in rows:
-        table.add_row(*(format_cell(row[name]) for name in columns))
-    return table
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    try:
-        pq.write_table(table, str(path))
-    except OSError as error:
-        raise TraceError(f"cannot write {path}: {error}") from None
+def _optional_text(value: Any, name: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return check_text(value, name)

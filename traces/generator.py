@@ -1,173 +1,296 @@
-"""Seeded generator of bursty, long-context request traces.
+"""Seeded generator of bursty, long-context, multi-turn request traces.
 
-Arrivals form a renewal process with Gamma-distributed inter-arrival times:
-mean 1 / rate_per_s and shape `burstiness`, so the coefficient of variation is
-1 / sqrt(burstiness). Shape 1 gives Poisson arrivals and shapes below 1 give
-bursts. Prompt and output lengths are lognormal, rounded and clipped to their
-limits.
+Arrivals follow one of the processes in `traces.arrivals`: a Gamma renewal
+process whose shape `burstiness` sets the inter-arrival CV to
+1 / sqrt(burstiness), or an on-off Markov-modulated Poisson process, either
+with an optional diurnal modulation of the rate.
+
+Prompt lengths of a session's first turn are lognormal (median and sigma) or
+Pareto (median and tail index alpha, heavy-tailed), rounded and clipped to
+[min_input_tokens, max_input_tokens]. Output lengths are lognormal,
+exponential (with the given median) or fixed, clipped to
+[1, max_output_tokens].
 
 Requests belong to multi-turn sessions. Walking the arrivals in time order,
-each request starts a new session with probability 1 / mean_turns and otherwise
-continues a session still open. After each turn its session ends with
-probability 1 / mean_turns, so turns per session are geometric with mean about
-mean_turns. A follow-up turn's prompt is the previous prompt plus the
+each request starts a new session with probability 1 / mean_turns and
+otherwise continues a session still open. After each turn its session ends
+with probability 1 / mean_turns, so turns per session are geometric with mean
+about mean_turns. A follow-up turn's prompt is the previous prompt plus the
 previous output plus a new user message, so it carries the earlier turn as a
-shared prefix. A session whose next prompt would exceed max_input_tokens ends,
-and that request starts a new session instead.
+shared prefix. A session whose next prompt would exceed max_input_tokens
+ends, and that request starts a new session instead.
 
-Block hashes number each session's token stream: block i of a session always
-has the same id, and ids are unique across sessions. `prefix_block_hashes`
-lists the prompt's full blocks only (floor(input_tokens / block_tokens)),
-because a partial last block changes as the conversation grows.
+Block hashes: with M = ceil(max_input_tokens / block_tokens) blocks at most
+per prompt and K shared prefixes, block i of shared prefix k has hash
+k * M + i, and block i of session s has hash (K + s) * M + i. So a session's
+block i always has the same hash, and hashes never collide across sessions or
+prefixes. `prefix_block_hashes` lists the prompt's full blocks only
+(floor(input_tokens / block_tokens)), because a partial last block changes as
+the conversation grows.
 
-The same parameters and seed give the same table, and `write_trace` turns it
-into a byte-identical file with the same pyarrow version.
+Prefix reuse target: when `prefix_reuse_ratio` is set, a session's first
+turn may start with the first p blocks of one of K shared prefixes (such as a
+system prompt), picked uniformly. p is chosen by feedback so that the ideal
+prefix reuse ratio of the trace so far (defined in `traces.stats`) tracks the
+target: p covers the reused tokens still missing, up to the prompt's full
+blocks. Follow-up turns already reuse their session's earlier blocks, so a
+target below what sessions alone give cannot be reached and the trace
+exceeds it. A target near 1 cannot be reached either, because first uses
+of a prefix, partial blocks and new messages are never reused.
+`generate_trace` logs a warning when the result misses the target by more
+than 0.01.
+
+The same parameters and seed give the same rows, and the same file bytes
+with the same pyarrow version, whatever the batch sizes of the writer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from traces.errors import TraceError
+from traces.arrivals import ArrivalSampler
+from traces.generator_params import GeneratorParamError, GeneratorParams
 from traces.importers import ImportedTrace
-from traces.schema import TRACE_SCHEMA
+from traces.lengths import LengthSampler
+from traces.schema import TRACE_SCHEMA, TraceWriter
 
-__all__ = ["GeneratorParamError", "GeneratorParams", "generate_trace"]
+__all__ = [
+    "GeneratorParamError",
+    "GeneratorParams",
+    "GeneratorSummary",
+    "generate_trace",
+    "generate_trace_file",
+    "iter_generated_batches",
+]
 
 logger = logging.getLogger(__name__)
 
-_MAX_INT32 = 2**31 - 1
+CHUNK_REQUESTS = 8192
+"""Requests drawn and assigned to sessions per step; part of the seeded
+stream, so changing it changes every generated trace."""
 
 
-class GeneratorParamError(TraceError):
-    """A generator parameter outside its accepted range."""
+@dataclass
+class GeneratorSummary:
+    """Totals that the generator counts as it goes.
 
-    def __init__(self, name: str, value: object, accepted: str) -> None:
-        self.name = name
-        self.value = value
-        super().__init__(
-            f"invalid generator parameter {name}={value!r}: expected {accepted}"
-        )
-
-
-@dataclass(frozen=True)
-class GeneratorParams:
-    """Workload shape of a generated trace.
-
-    The defaults describe a bursty, long-context demo: 600 requests at 5 per
-    second with inter-arrival CV 2, conversations of about three turns, and
-    prompts with a heavy tail up to 128K tokens. Because follow-up turns grow,
-    the median prompt over all requests is about 8K tokens (7.9K to 8K for
-    seeds 1 and 2 at 20,000 requests) although a first turn's median is 5.5K.
-    Construction raises GeneratorParamError for a value outside its range.
+    `reused_tokens` / `input_tokens` is the trace's ideal prefix reuse ratio.
     """
 
-    requests: int = 600
-    """Number of requests (>= 1)."""
-    rate_per_s: float = 5.0
-    """Mean arrival rate in requests per second (> 0)."""
-    burstiness: float = 0.25
-    """Gamma shape of inter-arrival times (> 0). 1 is Poisson, 0.25 is CV 2."""
-    input_median_tokens: int = 5500
-    """Median prompt length of a session's first turn, in tokens."""
-    input_sigma: float = 1.0
-    """Lognormal sigma of first-turn prompt and follow-up message lengths."""
-    min_input_tokens: int = 16
-    """Minimum first-turn prompt length, in tokens (>= 1)."""
-    max_input_tokens: int = 131072
-    """Maximum prompt length of any turn, in tokens."""
-    output_median_tokens: int = 300
-    """Median output length, in tokens."""
-    output_sigma: float = 0.8
-    """Lognormal sigma of output lengths."""
-    max_output_tokens: int = 4096
-    """Maximum output length, in tokens. The minimum is 1."""
-    mean_turns: float = 3.0
-    """Mean number of turns per session (>= 1). 1 makes every request a
-    session of its own."""
-    turn_median_tokens: int = 400
-    """Median length of the new user message in a follow-up turn, in tokens."""
-    block_tokens: int = 512
-    """Tokens per hashed prefix block."""
+    requests: int = 0
+    sessions: int = 0
+    input_tokens: int = 0
+    reused_tokens: int = 0
 
-    def __post_init__(self) -> None:
-        _check_int(self, "requests", 1, None)
-        _check_float(self, "rate_per_s", 0.0, exclusive_low=True)
-        _check_float(self, "burstiness", 0.0, exclusive_low=True)
-        _check_int(self, "min_input_tokens", 1, None)
-        _check_int(self, "max_input_tokens", self.min_input_tokens, None)
-        _check_int(
-            self, "input_median_tokens", self.min_input_tokens, self.max_input_tokens
-        )
-        _check_float(self, "input_sigma", 0.0)
-        _check_int(self, "max_output_tokens", 1, None)
-        _check_int(self, "output_median_tokens", 1, self.max_output_tokens)
-        _check_float(self, "output_sigma", 0.0)
-        _check_float(self, "mean_turns", 1.0)
-        _check_int(self, "turn_median_tokens", 1, self.max_input_tokens)
-        _check_int(self, "block_tokens", 1, _MAX_INT32)
+    @property
+    def prefix_reuse_ratio(self) -> float:
+        """Fraction of prompt tokens in blocks that appeared earlier."""
+        return self.reused_tokens / self.input_tokens if self.input_tokens else 0.0
 
 
 @dataclass
 class _Session:
     """An open conversation while the trace is being generated."""
 
-    session_id: str
+    number: int
     context_tokens: int = 0
-    block_hashes: list[int] = field(default_factory=list)
+    seen_blocks: int = 0
+    prefix: int = -1
+    prefix_blocks: int = 0
 
 
-@dataclass(frozen=True)
-class _Draws:
-    """Every random draw of a trace, taken up front in a fixed order."""
+@dataclass
+class _Rows:
+    """Per-request values of one chunk, before hashes are built."""
 
-    arrival_ms: npt.NDArray[np.float64]
-    new_session: npt.NDArray[np.float64]
-    session_pick: npt.NDArray[np.float64]
-    session_end: npt.NDArray[np.float64]
-    first_input_tokens: npt.NDArray[np.int64]
-    turn_tokens: npt.NDArray[np.int64]
-    output_tokens: npt.NDArray[np.int64]
+    input_tokens: list[int] = field(default_factory=list)
+    session: list[int] = field(default_factory=list)
+    prefix: list[int] = field(default_factory=list)
+    prefix_blocks: list[int] = field(default_factory=list)
+
+
+class _SessionBuilder:
+    """Assigns requests to sessions and shared prefixes, chunk after chunk."""
+
+    def __init__(self, params: GeneratorParams, summary: GeneratorSummary) -> None:
+        self._params = params
+        self._summary = summary
+        self._new_probability = 1.0 / params.mean_turns
+        self._open: list[_Session] = []
+        self._prefix_seen_blocks = [0] * params.shared_prefixes
+
+    def assign(
+        self,
+        new_session: npt.NDArray[np.float64],
+        session_pick: npt.NDArray[np.float64],
+        session_end: npt.NDArray[np.float64],
+        prefix_pick: npt.NDArray[np.float64],
+        first_input: npt.NDArray[np.int64],
+        turn_tokens: npt.NDArray[np.int64],
+        output_tokens: npt.NDArray[np.int64],
+    ) -> _Rows:
+        rows = _Rows()
+        params = self._params
+        block = params.block_tokens
+        open_sessions = self._open
+        for index in range(len(first_input)):
+            session: _Session | None = None
+            position = -1
+            if open_sessions and new_session[index] >= self._new_probability:
+                position = int(session_pick[index] * len(open_sessions))
+                session = open_sessions[position]
+                input_tokens = session.context_tokens + int(turn_tokens[index])
+                if input_tokens > params.max_input_tokens:
+                    _remove(open_sessions, position)
+                    session = None
+            if session is None:
+                input_tokens = int(first_input[index])
+                session = self._start_session(input_tokens, prefix_pick[index])
+                open_sessions.append(session)
+                position = len(open_sessions) - 1
+                reused_blocks = self._reuse_prefix(session)
+            else:
+                reused_blocks = session.seen_blocks
+
+            session.seen_blocks = input_tokens // block
+            session.context_tokens = input_tokens + int(output_tokens[index])
+            self._summary.input_tokens += input_tokens
+            self._summary.reused_tokens += reused_blocks * block
+            rows.input_tokens.append(input_tokens)
+            rows.session.append(session.number)
+            rows.prefix.append(session.prefix)
+            rows.prefix_blocks.append(session.prefix_blocks)
+            if session_end[index] < self._new_probability:
+                _remove(open_sessions, position)
+        return rows
+
+    def _start_session(self, input_tokens: int, prefix_pick: float) -> _Session:
+        summary = self._summary
+        session = _Session(number=summary.sessions)
+        summary.sessions += 1
+        target = self._params.prefix_reuse_ratio
+        if target is None or self._params.shared_prefixes == 0:
+            return session
+        block = self._params.block_tokens
+        missing_tokens = target * (summary.input_tokens + input_tokens)
+        missing_tokens -= summary.reused_tokens
+        if missing_tokens <= 0:
+            return session
+        blocks = min(input_tokens // block, math.ceil(missing_tokens / block))
+        if blocks > 0:
+            session.prefix = int(prefix_pick * self._params.shared_prefixes)
+            session.prefix_blocks = blocks
+        return session
+
+    def _reuse_prefix(self, session: _Session) -> int:
+        """Return the blocks of the session's shared prefix seen before."""
+        if session.prefix < 0:
+            return 0
+        seen = self._prefix_seen_blocks[session.prefix]
+        self._prefix_seen_blocks[session.prefix] = max(seen, session.prefix_blocks)
+        return min(seen, session.prefix_blocks)
+
+
+def _remove(open_sessions: list[_Session], position: int) -> None:
+    """Remove the session at `position` in O(1) by moving the last one there."""
+    open_sessions[position] = open_sessions[-1]
+    open_sessions.pop()
+
+
+def iter_generated_batches(
+    params: GeneratorParams,
+    seed: int | np.random.Generator = 0,
+    summary: GeneratorSummary | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Yield the generated trace in batches of at most CHUNK_REQUESTS rows.
+
+    `seed` is an int >= 0 passed to `numpy.random.default_rng`, or a
+    Generator to draw from. The first request arrives at 0 ms. Request ids
+    are the 0-based arrival order. Every request has a session id.
+    `summary`, when given, is updated as the batches are drawn.
+
+    Raises GeneratorParamError for a negative or non-integer seed.
+    """
+    rng = _make_rng(seed)
+    arrival_rng, length_rng = rng.spawn(2)
+    arrivals = ArrivalSampler(params.arrival_shape, arrival_rng)
+    lengths = LengthSampler(params, length_rng)
+    summary = summary if summary is not None else GeneratorSummary()
+    builder = _SessionBuilder(params, summary)
+    max_blocks = -(-params.max_input_tokens // params.block_tokens)
+
+    start = 0
+    while start < params.requests:
+        count = min(CHUNK_REQUESTS, params.requests - start)
+        arrival_ms = arrivals.next_ms(count)
+        if not np.isfinite(arrival_ms[-1]):
+            raise GeneratorParamError(
+                "rate_per_s",
+                params.rate_per_s,
+                "a larger value, because arrival times overflowed",
+            )
+        uniforms = length_rng.random((4, count))
+        first_input = lengths.first_input(count)
+        turn_tokens = lengths.turn(count)
+        output_tokens = lengths.output(count)
+        rows = builder.assign(
+            uniforms[0],
+            uniforms[1],
+            uniforms[2],
+            uniforms[3],
+            first_input,
+            turn_tokens,
+            output_tokens,
+        )
+        yield _to_batch(params, start, arrival_ms, rows, output_tokens, max_blocks)
+        summary.requests += count
+        start += count
 
 
 def generate_trace(
     params: GeneratorParams | None = None, seed: int | np.random.Generator = 0
 ) -> ImportedTrace:
-    """Generate a trace with the workload shape `params`.
+    """Generate a trace with the workload shape `params`, in memory.
 
-    `seed` is an int >= 0 passed to `numpy.random.default_rng`, or a Generator
-    to draw from. The first request arrives at 0 ms. Request ids are the
-    0-based arrival order. Every request has a session id.
-
-    Raises GeneratorParamError for a negative or non-integer seed.
+    See iter_generated_batches for `seed` and the rows. Raises
+    GeneratorParamError for a negative or non-integer seed.
     """
-    if params is None:
-        params = GeneratorParams()
-    rng = _make_rng(seed)
-    draws = _draw(params, rng)
-    table = _build_sessions(params, draws)
+    params = params or GeneratorParams()
+    summary = GeneratorSummary()
+    batches = list(iter_generated_batches(params, seed, summary))
+    table = pa.Table.from_batches(batches, schema=TRACE_SCHEMA)
+    _log_summary(params, summary)
+    return ImportedTrace(table=table, metadata=_metadata(params, seed))
 
-    metadata = {
-        "source_format": "generator",
-        "generator_params": json.dumps(dataclasses.asdict(params), sort_keys=True),
-    }
-    if not isinstance(seed, np.random.Generator):
-        metadata["generator_seed"] = str(seed)
-    logger.info(
-        "generated %d requests at %.3g requests/s (seed %s)",
-        params.requests,
-        params.rate_per_s,
-        metadata.get("generator_seed", "from a Generator"),
-    )
-    return ImportedTrace(table=table, metadata=metadata)
+
+def generate_trace_file(
+    params: GeneratorParams,
+    seed: int,
+    output: str | Path,
+    progress: Callable[[int], None] | None = None,
+) -> GeneratorSummary:
+    """Generate a trace straight to the trace file `output`, in bounded memory.
+
+    `progress` is called with the number of requests generated so far.
+    Returns the totals counted while generating.
+    """
+    summary = GeneratorSummary()
+    with TraceWriter(output, _metadata(params, seed)) as writer:
+        for batch in iter_generated_batches(params, seed, summary):
+            writer.write(batch)
+            if progress is not None:
+                progress(summary.requests)
+    _log_summary(params, summary)
+    return summary
 
 
 def _make_rng(seed: int | np.random.Generator) -> np.random.Generator:
@@ -178,180 +301,85 @@ def _make_rng(seed: int | np.random.Generator) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _draw(params: GeneratorParams, rng: np.random.Generator) -> _Draws:
-    """Take every random draw, in an order that must never change."""
-    count = params.requests
-    shape = params.burstiness
-    gaps_s = rng.gamma(shape, 1.0 / (shape * params.rate_per_s), size=count - 1)
-    arrival_ms = np.concatenate(([0.0], np.cumsum(gaps_s))) * 1000.0
-    if not np.isfinite(arrival_ms[-1]):
-        raise GeneratorParamError(
-            "burstiness", shape, "a larger value, because arrival times overflowed"
-        )
-
-    new_session = rng.random(count)
-    session_pick = rng.random(count)
-    session_end = rng.random(count)
-    first_input = _lognormal_tokens(
-        rng,
-        count,
-        median_tokens=params.input_median_tokens,
-        sigma=params.input_sigma,
-        low=params.min_input_tokens,
-        high=params.max_input_tokens,
-    )
-    turn_tokens = _lognormal_tokens(
-        rng,
-        count,
-        median_tokens=params.turn_median_tokens,
-        sigma=params.input_sigma,
-        low=1,
-        high=params.max_input_tokens,
-    )
-    output_tokens = _lognormal_tokens(
-        rng,
-        count,
-        median_tokens=params.output_median_tokens,
-        sigma=params.output_sigma,
-        low=1,
-        high=params.max_output_tokens,
-    )
-    return _Draws(
-        arrival_ms=arrival_ms,
-        new_session=new_session,
-        session_pick=session_pick,
-        session_end=session_end,
-        first_input_tokens=first_input,
-        turn_tokens=turn_tokens,
-        output_tokens=output_tokens,
-    )
-
-
-def _lognormal_tokens(
-    rng: np.random.Generator,
-    count: int,
-    *,
-    median_tokens: int,
-    sigma: float,
-    low: int,
-    high: int,
-) -> npt.NDArray[np.int64]:
-    """Draw `count` lognormal lengths, rounded and clipped to [low, high]."""
-    lengths = rng.lognormal(math.log(median_tokens), sigma, size=count)
-    return np.clip(np.rint(lengths), low, high).astype(np.int64)
-
-
-def _build_sessions(params: GeneratorParams, draws: _Draws) -> pa.Table:
-    """Assign requests to sessions and build the canonical table."""
-    new_session_probability = 1.0 / params.mean_turns
-    open_sessions: list[_Session] = []
-    session_count = 0
-    next_hash = 0
-    input_column: list[int] = []
-    session_column: list[str] = []
-    hashes_column: list[list[int]] = []
-
-    for index in range(params.requests):
-        session, position, input_tokens = _continue_session(
-            open_sessions, draws, index, new_session_probability, params
-        )
-        if session is None:
-            session = _Session(session_id=f"session-{session_count}")
-            session_count += 1
-            open_sessions.append(session)
-            position = len(open_sessions) - 1
-            input_tokens = int(draws.first_input_tokens[index])
-
-        full_blocks = input_tokens // params.block_tokens
-        while len(session.block_hashes) < full_blocks:
-            session.block_hashes.append(next_hash)
-            next_hash += 1
-        session.context_tokens = input_tokens + int(draws.output_tokens[index])
-
-        input_column.append(input_tokens)
-        session_column.append(session.session_id)
-        hashes_column.append(session.block_hashes[:full_blocks])
-        if draws.session_end[index] < new_session_probability:
-            _remove(open_sessions, position)
-
-    logger.debug("generated %d sessions", session_count)
-    return _to_table(params, draws, input_column, session_column, hashes_column)
-
-
-def _continue_session(
-    open_sessions: list[_Session],
-    draws: _Draws,
-    index: int,
-    new_session_probability: float,
+def _to_batch(
     params: GeneratorParams,
-) -> tuple[_Session | None, int, int]:
-    """Pick the open session that request `index` continues, if any.
-
-    Returns the session, its position in `open_sessions` and the follow-up
-    prompt length, or (None, -1, 0) when the request starts a new session.
-    """
-    if not open_sessions or draws.new_session[index] < new_session_probability:
-        return None, -1, 0
-
-    position = int(draws.session_pick[index] * len(open_sessions))
-    session = open_sessions[position]
-    input_tokens = session.context_tokens + int(draws.turn_tokens[index])
-    if input_tokens > params.max_input_tokens:
-        _remove(open_sessions, position)
-        return None, -1, 0
-    return session, position, input_tokens
-
-
-def _remove(open_sessions: list[_Session], position: int) -> None:
-    """Remove the session at `position` in O(1) by moving the last one there."""
-    open_sessions[position] = open_sessions[-1]
-    open_sessions.pop()
-
-
-def _to_table(
-    params: GeneratorParams,
-    draws: _Draws,
-    input_tokens: list[int],
-    session_ids: list[str],
-    prefix_block_hashes: list[list[int]],
-) -> pa.Table:
-    count = params.requests
-    return pa.table(
+    start: int,
+    arrival_ms: npt.NDArray[np.float64],
+    rows: _Rows,
+    output_tokens: npt.NDArray[np.int64],
+    max_blocks: int,
+) -> pa.RecordBatch:
+    count = len(rows.input_tokens)
+    input_tokens = np.asarray(rows.input_tokens, dtype=np.int64)
+    hashes = _block_hashes(
+        input_tokens // params.block_tokens,
+        np.asarray(rows.session, dtype=np.uint64) + np.uint64(params.shared_prefixes),
+        np.asarray(rows.prefix, dtype=np.int64),
+        np.asarray(rows.prefix_blocks, dtype=np.int64),
+        np.uint64(max_blocks),
+    )
+    return pa.RecordBatch.from_pydict(
         {
-            "request_id": pa.array([str(index) for index in range(count)]),
-            "arrival_ms": pa.array(draws.arrival_ms, type=pa.float64()),
+            "request_id": pa.array([str(start + i) for i in range(count)]),
+            "arrival_ms": pa.array(arrival_ms, type=pa.float64()),
             "input_tokens": pa.array(input_tokens, type=pa.int64()),
-            "output_tokens": pa.array(draws.output_tokens, type=pa.int64()),
-            "prefix_block_hashes": pa.array(
-                prefix_block_hashes, type=pa.list_(pa.uint64())
+            "output_tokens": pa.array(output_tokens, type=pa.int64()),
+            "prefix_block_hashes": hashes,
+            "block_tokens": pa.array(
+                np.full(count, params.block_tokens, dtype=np.int32), type=pa.int32()
             ),
-            "block_tokens": pa.array([params.block_tokens] * count, type=pa.int32()),
-            "session_id": pa.array(session_ids, type=pa.string()),
+            "session_id": pa.array([f"session-{s}" for s in rows.session]),
         },
         schema=TRACE_SCHEMA,
     )
 
 
-def _check_int(params: GeneratorParams, name: str, low: int, high: int | None) -> None:
-    value = getattr(params, name)
-    accepted = f"an integer >= {low}"
-    if high is not None:
-        accepted = f"an integer in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise GeneratorParamError(name, value, accepted)
-    if value < low or (high is not None and value > high):
-        raise GeneratorParamError(name, value, accepted)
+def _block_hashes(
+    full_blocks: npt.NDArray[np.int64],
+    session_slot: npt.NDArray[np.uint64],
+    prefix: npt.NDArray[np.int64],
+    prefix_blocks: npt.NDArray[np.int64],
+    max_blocks: np.uint64,
+) -> pa.ListArray:
+    """Build each row's hash list: prefix blocks first, then session blocks."""
+    offsets = np.zeros(len(full_blocks) + 1, dtype=np.int64)
+    np.cumsum(full_blocks, out=offsets[1:])
+    row = np.repeat(np.arange(len(full_blocks)), full_blocks)
+    block = (np.arange(offsets[-1], dtype=np.int64) - offsets[row]).astype(np.uint64)
+    in_prefix = block < prefix_blocks[row].astype(np.uint64)
+    prefix_base = np.maximum(prefix[row], 0).astype(np.uint64) * max_blocks
+    session_base = session_slot[row] * max_blocks
+    values = np.where(in_prefix, prefix_base, session_base) + block
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values, type=pa.uint64())
+    )
 
 
-def _check_float(
-    params: GeneratorParams, name: str, low: float, exclusive_low: bool = False
-) -> None:
-    value = getattr(params, name)
-    relation = ">" if exclusive_low else ">="
-    accepted = f"a finite number {relation} {low:g}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise GeneratorParamError(name, value, accepted)
-    if not math.isfinite(value):
-        raise GeneratorParamError(name, value, accepted)
-    if value < low or (exclusive_low and value == low):
-        raise GeneratorParamError(name, value, accepted)
+def _metadata(
+    params: GeneratorParams, seed: int | np.random.Generator
+) -> dict[str, str]:
+    metadata = {
+        "source_format": "generator",
+        "generator_params": json.dumps(params.to_dict(), sort_keys=True),
+    }
+    if not isinstance(seed, np.random.Generator):
+        metadata["generator_seed"] = str(seed)
+    return metadata
+
+
+def _log_summary(params: GeneratorParams, summary: GeneratorSummary) -> None:
+    logger.info(
+        "generated %d requests in %d sessions at %.3g requests/s, prefix reuse %.3f",
+        summary.requests,
+        summary.sessions,
+        params.rate_per_s,
+        summary.prefix_reuse_ratio,
+    )
+    target = params.prefix_reuse_ratio
+    if target is not None and abs(summary.prefix_reuse_ratio - target) > 0.01:
+        logger.warning(
+            "prefix reuse ratio %.3f misses the target %.3f: sessions alone reuse "
+            "more, or prompts leave too few full blocks to reuse",
+            summary.prefix_reuse_ratio,
+            target,
+        )

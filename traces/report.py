@@ -25,7 +25,7 @@ from typing import Any
 from traces.analysis import Analysis, QueryResult, parse_param
 from traces.analyze_cli import print_source_warnings
 from traces.errors import TraceError
-from traces.formats import format_cell
+from traces.output_formats import format_cell
 from traces.queries import STATUS_OK, get_query
 
 __all__ = ["ReportOptions", "build_report", "register", "render_report", "run"]
