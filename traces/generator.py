@@ -311,6 +311,9 @@ def _to_batch(
 ) -> pa.RecordBatch:
     count = len(rows.input_tokens)
     input_tokens = np.asarray(rows.input_tokens, dtype=np.int64)
+    # A request must fit the model's context window, prompt and output together.
+    room = np.maximum(params.context_window_tokens - input_tokens, 1)
+    output_tokens = np.minimum(output_tokens, room)
     hashes = _block_hashes(
         input_tokens // params.block_tokens,
         np.asarray(rows.session, dtype=np.uint64) + np.uint64(params.shared_prefixes),

@@ -122,11 +122,15 @@ class GeneratorParams:
     prefixes; None adds no shared prefixes."""
     shared_prefixes: int = 16
     """Number K of distinct shared prefixes, in [1, 2**20]."""
+    context_window_tokens: int = 131072
+    """Largest prompt plus output that the served model accepts (DeepSeek-R1's
+    131,072 tokens by default); outputs are shortened to fit it."""
 
     def __post_init__(self) -> None:
         self._check_arrivals()
         self._check_lengths()
         _check_float(self, "mean_turns", 1.0)
+        _check_int(self, "context_window_tokens", 2, None)
         _check_int(self, "turn_median_tokens", 1, self.max_input_tokens)
         _check_int(self, "block_tokens", 1, _MAX_INT32)
         if self.max_prompt_blocks > MAX_PROMPT_BLOCKS:

@@ -472,3 +472,27 @@ def test_original_fields_keep_positions() -> None:
     assert params.min_input_tokens == 8
     assert params.max_output_tokens == 512
     assert params.mean_turns == 2.0
+
+
+def test_outputs_fit_context_window() -> None:
+    params = GeneratorParams(
+        requests=2000,
+        input_median_tokens=1500,
+        max_input_tokens=1900,
+        output_median_tokens=400,
+        context_window_tokens=2000,
+    )
+
+    table = generate_trace(params, 3).table
+    inputs = np.asarray(table["input_tokens"])
+    outputs = np.asarray(table["output_tokens"])
+
+    assert int((inputs + outputs).max()) <= 2000
+    assert int(outputs.min()) >= 1
+    # Some outputs were really shortened, so the bound is not met by chance.
+    assert int(((inputs + outputs) == 2000).sum()) > 0
+
+
+def test_context_window_below_two_rejected() -> None:
+    with pytest.raises(GeneratorParamError, match="context_window_tokens"):
+        GeneratorParams(context_window_tokens=1)
