@@ -204,7 +204,7 @@ class CostModel:
         """Cost of one decode step with `sequences` on the busiest die.
 
         `context_sum` is their summed context length in tokens. Dies run
-        attention data-parallel and each holds its share of the experts, so
+        attention data-parallel and each keeps its share of the experts, so
         every MoE layer waits for the busiest attention die and then for the
         busiest expert die. With n sequences and d MTP drafts a die processes
         T = n x (1 + d) tokens per step. Per layer:
@@ -340,7 +340,7 @@ class CostModel:
         """Weights one decode die keeps in HBM.
 
         Every die runs attention, the dense layers, the embedding and the LM
-        head for its own sequences, so it holds all of them, plus its share
+        head for its own sequences, so it keeps all of them, plus its share
         of the experts in every MoE layer and in the MTP module.
         """
         return self._resident_weight_bytes(self._experts_per_die())
@@ -463,7 +463,7 @@ class CostModel:
         return hardware.ub_latency_intra_node_us / 1e6
 
     def _experts_per_die(self) -> int:
-        """Experts whose weights one decode die holds (1 under EP320)."""
+        """Experts whose weights one decode die keeps in HBM (1 under EP320)."""
         model = self.profiles.model
         experts = model.num_routed_experts + model.num_shared_experts
         return max(1, math.ceil(experts / self._decode_dies))
