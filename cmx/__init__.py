@@ -1,6 +1,6 @@
 """Command line and wire contract of the CloudMatrix384 emulator.
 
-`cmx.v1` contains the Python stubs generated from `proto/cmx/v1/emulator.proto`.
+`cmx.v1` contains the Python stubs generated from the files in `proto/cmx/v1/`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
