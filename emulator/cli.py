@@ -50,6 +50,17 @@ def seed_value(text: str) -> int:
     return seed
 
 
+def _add_seed_option(parser: argparse.ArgumentParser) -> None:
+    """Add `--seed`, shared by `serve` and `simulate` so that both draw alike."""
+    parser.add_argument(
+        "--seed",
+        type=seed_value,
+        default=0,
+        help="seed of the model's random draws, such as MTP acceptance, an "
+        "integer >= 0 (default: 0)",
+    )
+
+
 def register(subparsers: _Subparsers) -> None:
     """Add the `serve`, `health`, `simulate` and `bench` subcommands."""
     _register_health(subparsers)
@@ -114,13 +125,7 @@ def _register_serve(subparsers: _Subparsers) -> None:
         help="emulated seconds per wall second; set it to the replay's "
         "--speedup to keep the trace's load (default: 1.0)",
     )
-    parser.add_argument(
-        "--seed",
-        type=seed_value,
-        default=0,
-        help="seed of the model's random draws, such as MTP acceptance, an "
-        "integer >= 0 (default: 0)",
-    )
+    _add_seed_option(parser)
     _add_profile_options(parser)
     parser.add_argument(
         "--grace-s",
@@ -359,13 +364,7 @@ def _register_simulate(subparsers: _Subparsers) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="results file to write"
     )
-    parser.add_argument(
-        "--seed",
-        type=seed_value,
-        default=0,
-        help="seed of the model's random draws, such as MTP acceptance, an "
-        "integer >= 0 (default: 0)",
-    )
+    _add_seed_option(parser)
     parser.add_argument("--limit", type=int, help="simulate only the first N requests")
     parser.add_argument(
         "--duration-s",
