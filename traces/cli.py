@@ -24,6 +24,7 @@ from traces.cli_common import (
     atomic_output,
     check_output,
     progress_bar,
+    write_output,
 )
 from traces.cli_gen import add_gen_parser
 from traces.errors import TraceError
@@ -250,11 +251,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export `args.trace` to `args.output` in `args.export_format`."""
-    output = check_output(Path(args.output), args.force)
-    with atomic_output(output) as temporary:
-        rows = export_trace(args.trace, temporary, ExportFormat(args.export_format))
-    print(f"wrote {rows} requests to {output}")
-    return 0
+    export_format = ExportFormat(args.export_format)
+    return write_output(
+        args, lambda temporary: export_trace(args.trace, temporary, export_format)
+    )
 
 
 def _print_stats(stats: TraceStats, console: Console) -> None:

@@ -26,7 +26,13 @@ from rich.progress import (
 
 from traces.errors import TraceError
 
-__all__ = ["add_output_arguments", "atomic_output", "check_output", "progress_bar"]
+__all__ = [
+    "add_output_arguments",
+    "atomic_output",
+    "check_output",
+    "progress_bar",
+    "write_output",
+]
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, metavar: str) -> None:
@@ -67,6 +73,19 @@ def atomic_output(output: Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_output(args: argparse.Namespace, write: Callable[[Path], int]) -> int:
+    """Write `args.output` (honouring `--force`) through `write`; return 0.
+
+    `write` fills the temporary path it is given and returns the number of
+    requests written, which is printed with the output path.
+    """
+    output = check_output(Path(args.output), args.force)
+    with atomic_output(output) as temporary:
+        rows = write(temporary)
+    print(f"wrote {rows} requests to {output}")
+    return 0
 
 
 @contextlib.contextmanager

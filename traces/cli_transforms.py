@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from traces.cli_common import add_output_arguments, atomic_output, check_output
+from traces.cli_common import add_output_arguments, write_output
 from traces.transforms import merge_traces, sample_trace, scale_trace, slice_trace
 
 __all__ = ["add_parsers"]
@@ -119,56 +118,52 @@ def _add_sample_parser(
 
 
 def _run_slice(args: argparse.Namespace) -> int:
-    output = check_output(Path(args.output), args.force)
-    with atomic_output(output) as temporary:
-        rows = slice_trace(
+    return write_output(
+        args,
+        lambda temporary: slice_trace(
             args.trace,
             temporary,
             start_s=args.start_s,
             end_s=args.end_s,
             first=args.first,
-        )
-    print(f"wrote {rows} requests to {output}")
-    return 0
+        ),
+    )
 
 
 def _run_scale(args: argparse.Namespace) -> int:
-    output = check_output(Path(args.output), args.force)
-    with atomic_output(output) as temporary:
-        rows = scale_trace(
+    return write_output(
+        args,
+        lambda temporary: scale_trace(
             args.trace,
             temporary,
             speedup=args.speedup,
             rate_factor=args.rate_factor,
             seed=args.seed,
-        )
-    print(f"wrote {rows} requests to {output}")
-    return 0
+        ),
+    )
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    output = check_output(Path(args.output), args.force)
-    with atomic_output(output) as temporary:
-        rows = merge_traces(
+    return write_output(
+        args,
+        lambda temporary: merge_traces(
             args.traces,
             temporary,
             absolute=args.absolute,
             shared_hashes=args.shared_hashes,
-        )
-    print(f"wrote {rows} requests to {output}")
-    return 0
+        ),
+    )
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    output = check_output(Path(args.output), args.force)
-    with atomic_output(output) as temporary:
-        rows = sample_trace(
+    return write_output(
+        args,
+        lambda temporary: sample_trace(
             args.trace,
             temporary,
             fraction=args.fraction,
             requests=args.requests,
             by_session=args.by_session,
             seed=args.seed,
-        )
-    print(f"wrote {rows} requests to {output}")
-    return 0
+        ),
+    )
