@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traces.errors import TraceFormatError
+from traces.results_schema import RESULTS_SCHEMA
 
 __all__ = [
     "DERIVED_COLUMNS",
@@ -72,35 +73,42 @@ _GLOB_CHARACTERS = "*?["
 REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "status")
 
 # Every column the canned queries read, with the DuckDB type it is read as.
-# NOTE: this repeats the types of RESULTS_SCHEMA in replay/results.py, which
-# this package may not import; a column whose type changes there must
-# change here too.
+# DuckDB type of each Arrow type that RESULTS_SCHEMA uses for these columns.
+_DUCKDB_TYPES: Mapping[pa.DataType, str] = {
+    pa.string(): "VARCHAR",
+    pa.float64(): "DOUBLE",
+    pa.int64(): "BIGINT",
+    pa.bool_(): "BOOLEAN",
+}
+# Columns every view has, NULL where a file lacks them; other columns pass
+# through as they are. `measured` is false for a warm-up or cool-down row,
+# which the summaries leave out.
+_TYPED_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "arrival_ms",
+    "scheduled_send_ms",
+    "actual_send_ms",
+    "send_lag_ms",
+    "input_tokens",
+    "output_tokens",
+    "output_tokens_received",
+    "status",
+    "error",
+    "ttft_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "wall_ttft_ms",
+    "wall_e2e_ms",
+    "queue_ms",
+    "prefill_ms",
+    "kv_transfer_ms",
+    "cached_tokens",
+    "prefill_instance",
+    "decode_instance",
+    "measured",
+)
 RESULT_COLUMN_TYPES: Mapping[str, str] = MappingProxyType(
-    {
-        "request_id": "VARCHAR",
-        "arrival_ms": "DOUBLE",
-        "scheduled_send_ms": "DOUBLE",
-        "actual_send_ms": "DOUBLE",
-        "send_lag_ms": "DOUBLE",
-        "input_tokens": "BIGINT",
-        "output_tokens": "BIGINT",
-        "output_tokens_received": "BIGINT",
-        "status": "VARCHAR",
-        "error": "VARCHAR",
-        "ttft_ms": "DOUBLE",
-        "tpot_ms": "DOUBLE",
-        "e2e_ms": "DOUBLE",
-        "wall_ttft_ms": "DOUBLE",
-        "wall_e2e_ms": "DOUBLE",
-        "queue_ms": "DOUBLE",
-        "prefill_ms": "DOUBLE",
-        "kv_transfer_ms": "DOUBLE",
-        "cached_tokens": "BIGINT",
-        "prefill_instance": "BIGINT",
-        "decode_instance": "BIGINT",
-        # False for a warm-up or cool-down row, which the summaries leave out.
-        "measured": "BOOLEAN",
-    }
+    {name: _DUCKDB_TYPES[RESULTS_SCHEMA.field(name).type] for name in _TYPED_COLUMNS}
 )
 
 # Columns the analysis adds to every row; a file that has one is skipped.
