@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-# What a shell reports for a process ended by SIGPIPE (128 + 13).
+# Exit status that a shell reports for a process ended by SIGPIPE (128 + 13).
 EXIT_BROKEN_PIPE = 141
 
 

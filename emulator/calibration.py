@@ -148,7 +148,7 @@ class CalibrationFit:
 
 
 class DecodeLimit:
-    """What stopped the batch search of `bench_decode`."""
+    """Limit that ended the batch search of `bench_decode`."""
 
     TPOT_SLO = "tpot_slo"
     KV_MEMORY = "kv_memory"
@@ -172,7 +172,7 @@ class DecodeBench:
 def bench_prefill(profiles: Profiles, input_tokens: int, batch_tokens: int) -> float:
     """Prefill throughput in tokens/s per NPU for equal prompts in full batches.
 
-    Each iteration holds `batch_tokens // input_tokens` prompts (at least one,
+    Each iteration contains `batch_tokens // input_tokens` prompts (at least one,
     chunked when a prompt is longer than the batch).
     """
     _check_positive("input_tokens", input_tokens)

@@ -51,7 +51,7 @@ class TokenSink(Protocol):
         """Tokens first_index, first_index + 1, ... were produced at these times."""
 
     def on_finish(self, record: RequestRecord) -> None:
-        """The last token was produced; `record` holds the request's timings."""
+        """The last token was produced; `record` contains the request's timings."""
 
 
 class EngineObserver(Protocol):

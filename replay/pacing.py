@@ -123,7 +123,7 @@ class _TimerThread:
             try:
                 self._loop.call_soon_threadsafe(_complete, future)
             except RuntimeError:
-                return  # the loop has closed, so nobody waits any more
+                return  # the loop has closed, so no task waits any more
 
 
 def _complete(future: asyncio.Future[None]) -> None:

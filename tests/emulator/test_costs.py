@@ -205,7 +205,7 @@ def test_predicted_rows_keep_published_order() -> None:
 
 def test_bench_decode_stops_at_kv_memory() -> None:
     # 64 GB - 17.24 GB of weights - 30 GB reserved leaves 16.76 GB, which
-    # holds two sequences of 101,000 tokens x 70,272 bytes (14.19 GB) per die.
+    # fits two sequences of 101,000 tokens x 70,272 bytes (14.19 GB) per die.
     profiles = default_profiles(hbm_reserved_gb_per_die=30.0)
     result = bench_decode(profiles, 100_000, 1000, 10_000.0)
     assert result is not None
