@@ -2,7 +2,7 @@
 
 A profile is data: a smaller supernode or another MoE model is a new JSON file
 beside the defaults in `emulator/profiles/`, not new code. A deployment file
-holds the `DeploymentConfig` fields to change. Every run saves the profiles
+contains the `DeploymentConfig` fields to change. Every run saves the profiles
 it used, serialised by `profiles_to_json`.
 """
 
