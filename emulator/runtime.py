@@ -123,6 +123,9 @@ class PacedRuntime:
         self.sessions: set[RequestSession] = set()
         self._seed = seed
         self._wakeup = asyncio.Event()
+        # Emulated due time of the event the run loop sleeps until: inf
+        # while it waits with no event pending, -inf while it is not asleep.
+        self._asleep_until_s = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._build_model(profiles)
         for spec in fault_schedule:
@@ -163,6 +166,7 @@ class PacedRuntime:
             )
             self._wakeup.clear()
             if timeout_s is None or timeout_s > 0:
+                self._asleep_until_s = math.inf if next_at_s is None else next_at_s
                 # A timer instead of asyncio.wait_for: cheaper, and wait_for
                 # of Python 3.11 can swallow a cancellation that comes as
                 # the wait ends, which left stop() waiting forever.
@@ -173,6 +177,7 @@ class PacedRuntime:
                 try:
                     await self._wakeup.wait()
                 finally:
+                    self._asleep_until_s = -math.inf
                     if timer is not None:
                         timer.cancel()
             else:
@@ -207,18 +212,28 @@ class PacedRuntime:
         NoInstanceAvailable when a pool has no available instance.
         """
         self.advance()
-        metrics = self.supernode.metrics()
+        supernode = self.supernode
         problem = admission_problem(
             self.admission,
-            metrics.active_requests,
-            sum(metrics.prefill_queued_tokens),
+            supernode.active_requests,
+            sum(instance.queued_tokens for instance in supernode.prefill),
             session.spec.input_tokens,
         )
         if problem is not None:
             raise AdmissionRejected(problem)
         self._submit(session)
         self.sessions.add(session)
-        self._wakeup.set()
+        self._wake_if_sooner()
+
+    def _wake_if_sooner(self) -> None:
+        """Wake the run loop when an event is now due before the one it awaits.
+
+        Most new requests only add events after the next decode step, so
+        the loop's timer stands and the loop is not woken for nothing.
+        """
+        next_at_s = self.events.next_at_s()
+        if next_at_s is not None and next_at_s < self._asleep_until_s:
+            self._wakeup.set()
 
     def _submit(self, session: RequestSession) -> None:
         if not any(d.available for d in self.supernode.decode):
