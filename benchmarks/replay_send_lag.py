@@ -2,23 +2,27 @@
 
 Generates a seeded Poisson trace (default 500 requests/s for 20 s, short
 prompts and outputs) and starts `cmx serve` on a free loopback port. Then
-replays the trace twice in this process against the same server, so that
-the two clock paths are measured side by side in one run: the default timer
-thread for the last 2 ms before each due time, and the event loop's timers
-only (`timer_handoff_s` 0).
-Prints, for each, the send lag p50/p99/max from the results file, the
-sender's verdict, and the CPU time the replayer used.
+replays the trace three times in this process against the same server, so
+that the clock paths of `replay.pacing` are measured side by side in one
+run: the default on Linux (a timerfd that the event loop watches), the
+timer thread used elsewhere, and the event loop's timers only
+(`timer_handoff_s` 0). Prints, for each, the send lag p50/p99/max from the
+results file, the sender's verdict, and the CPU time the replayer used.
+
+With --pin the emulator's threads run on the last CPU and the replayer on
+the others, so that the two do not take CPU time from each other; without
+it they share every CPU, as they do by default.
 
 Usage: .venv/bin/python benchmarks/replay_send_lag.py [--rate 500]
-[--seconds 20] [--out-dir DIR]. The emulator runs at time scale 1, so the
-trace's load is what it sees.
+[--seconds 20] [--pin] [--out-dir DIR]. The emulator runs at time scale 1,
+so the trace's load is what it sees.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +31,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from cmx.demo import start_server
-from replay.pacing import DEFAULT_HANDOFF_S
-from replay.runner import ReplayConfig, ReplaySummary, replay
-from traces.schema import write_trace
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.servers import start_cmx_serve  # noqa: E402
+from replay import pacing  # noqa: E402
+from replay.pacing import DEFAULT_HANDOFF_S, precise_clock_name  # noqa: E402
+from replay.runner import ReplayConfig, ReplaySummary, run_replay  # noqa: E402
+from traces.schema import write_trace  # noqa: E402
 
 
 def write_poisson_trace(
@@ -63,7 +70,7 @@ def run_once(
         trace_path=trace, target=target, output_path=output, timer_handoff_s=handoff_s
     )
     cpu_before_s = time.process_time()
-    summary = asyncio.run(replay(config, show_progress=False))
+    summary = run_replay(config, show_progress=False)
     return summary, time.process_time() - cpu_before_s
 
 
@@ -102,11 +109,25 @@ def report(label: str, summary: ReplaySummary, cpu_s: float, wall_s: float) -> N
     )
 
 
+def pin(server_pid: int) -> str:
+    """Put the server's threads on the last CPU and this process on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned: one CPU"
+    for thread_id in os.listdir(f"/proc/{server_pid}/task"):
+        os.sched_setaffinity(int(thread_id), {cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return f"emulator on CPU {cpus[-1]}, replayer on CPUs {cpus[:-1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500.0, help="requests/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="trace length")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--pin", action="store_true", help="run emulator and replayer on separate CPUs"
+    )
     parser.add_argument("--out-dir", type=Path, help="keep files here")
     args = parser.parse_args()
 
@@ -119,15 +140,35 @@ def main() -> None:
         f"{os.cpu_count()} CPUs; files in {out_dir}"
     )
 
-    with start_server(out_dir / "server.log", time_scale=1.0) as target:
-        for label, handoff_s in (
-            (f"timer thread {DEFAULT_HANDOFF_S * 1e3:g} ms", DEFAULT_HANDOFF_S),
-            ("event loop only", 0.0),
-        ):
-            output = out_dir / f"results-handoff-{handoff_s:g}.parquet"
+    paths: list[tuple[str, float, str | None]] = [
+        (f"{precise_clock_name()} (default)", DEFAULT_HANDOFF_S, None)
+    ]
+    if precise_clock_name() == "timerfd":
+        paths.append(
+            (
+                f"timer thread {DEFAULT_HANDOFF_S * 1e3:g} ms",
+                DEFAULT_HANDOFF_S,
+                "thread",
+            )
+        )
+    paths.append(("event loop only", 0.0, None))
+    server_args = ("--time-scale", "1")
+    with start_cmx_serve(out_dir / "server.log", *server_args) as server:
+        if args.pin:
+            print(pin(server.process.pid))
+        for number, (label, handoff_s, forced) in enumerate(paths, 1):
+            output = out_dir / f"results-{number}.parquet"
             output.unlink(missing_ok=True)
-            started_s = time.perf_counter()
-            summary, cpu_s = run_once(trace, target, output, handoff_s)
+            timerfd_api = pacing._timerfd_api
+            if forced == "thread":
+                # The fallback of machines without a timerfd, chosen here so
+                # that both precise clocks are measured on the same machine.
+                pacing._timerfd_api = lambda: None
+            try:
+                started_s = time.perf_counter()
+                summary, cpu_s = run_once(trace, server.target, output, handoff_s)
+            finally:
+                pacing._timerfd_api = timerfd_api
             report(label, summary, cpu_s, time.perf_counter() - started_s)
 
 

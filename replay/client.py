@@ -23,10 +23,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import grpc
 import grpc.aio
@@ -46,9 +47,11 @@ __all__ = [
     "STATUS_NO_SUMMARY",
     "AsyncEmulatorClient",
     "CallInterrupted",
+    "ChunkObserver",
     "EmulatorClient",
     "Outcome",
     "RetryPolicy",
+    "StartedCall",
     "TlsConfig",
     "generate",
     "generate_sync",
@@ -246,17 +249,21 @@ class _TokenTimeline:
 class _Attempt:
     """Tokens and summary received by one Generate attempt, for its Outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_chunk: ChunkObserver | None = None) -> None:
         self.sent_at_s = time.perf_counter()
         self.timeline = _TokenTimeline()
         self.summary: emulator_pb2.GenerateSummary | None = None
         self.messages = 0
+        self._on_chunk = on_chunk
 
     def receive(self, response: emulator_pb2.GenerateResponse) -> None:
         self.messages += 1
         kind = response.WhichOneof("kind")
         if kind == "chunk":
-            self.timeline.add_chunk(response.chunk.emulated_ms, time.perf_counter())
+            emulated_ms = response.chunk.emulated_ms
+            self.timeline.add_chunk(emulated_ms, time.perf_counter())
+            if self._on_chunk is not None:
+                self._on_chunk(emulated_ms)
         elif kind == "summary":
             self.summary = response.summary
 
@@ -324,12 +331,51 @@ def open_sync_channel(target: str, tls: TlsConfig | None = None) -> grpc.Channel
     return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
+# Receives the `emulated_ms` of every token chunk of a call, as it arrives.
+ChunkObserver = Callable[[Sequence[float]], None]
+
+
+class StartedCall:
+    """A Generate call started at once, for `generate` to read later.
+
+    Creating it stamps the send instant and starts the call in the calling
+    task, so a caller that must send on time (the replayer) does not wait
+    one more turn of the event loop for a new task to start the call.
+    `on_chunk` sees every token chunk's timestamps, of this attempt and of
+    any retry.
+    """
+
+    def __init__(
+        self,
+        stub: emulator_pb2_grpc.EmulatorStub,
+        request: emulator_pb2.GenerateRequest,
+        timeout_s: float | None,
+        *,
+        on_chunk: ChunkObserver | None = None,
+    ) -> None:
+        self.on_chunk = on_chunk
+        self.attempt = _Attempt(on_chunk)
+        self.call = stub.Generate(request, timeout=timeout_s)
+        self.deadline_at_s = (
+            None if timeout_s is None else self.attempt.sent_at_s + timeout_s
+        )
+
+    @property
+    def sent_at_s(self) -> float:
+        return self.attempt.sent_at_s
+
+    def cancel(self) -> None:
+        """Cancel the call; nothing happens once it has ended."""
+        self.call.cancel()
+
+
 async def generate(
     stub: emulator_pb2_grpc.EmulatorStub,
     request: emulator_pb2.GenerateRequest,
     timeout_s: float | None,
     *,
     retry: RetryPolicy = NO_RETRY,
+    started: StartedCall | None = None,
 ) -> Outcome:
     """Run one Generate call to its end, retrying where safe; return its outcome.
 
@@ -337,14 +383,16 @@ async def generate(
     for none); a call that passes it ends with DEADLINE_EXCEEDED. When the
     calling task is cancelled, the call is cancelled and the outcome has
     status CANCELLED instead of the CancelledError being raised, so that the
-    tokens received so far are kept.
+    tokens received so far are kept. `started` is the first attempt when the
+    caller has already started it with the same arguments.
     """
-    deadline_at_s = None if timeout_s is None else time.perf_counter() + timeout_s
-    first_sent_at_s: float | None = None
+    if started is None:
+        started = StartedCall(stub, request, timeout_s)
+    deadline_at_s = started.deadline_at_s
+    first_sent_at_s = started.sent_at_s
     attempt = 1
     while True:
-        outcome = await _attempt_async(stub, request, _remaining_s(deadline_at_s))
-        first_sent_at_s = first_sent_at_s or outcome.sent_at_s
+        outcome = await _read_attempt(request, started)
         wait_s = _retry_wait_s(retry, outcome, attempt, deadline_at_s)
         if wait_s is None:
             return _final(outcome, first_sent_at_s, attempt)
@@ -360,18 +408,19 @@ async def generate(
         except asyncio.CancelledError:
             return _final(outcome, first_sent_at_s, attempt)
         attempt += 1
+        started = StartedCall(
+            stub, request, _remaining_s(deadline_at_s), on_chunk=started.on_chunk
+        )
 
 
-async def _attempt_async(
-    stub: emulator_pb2_grpc.EmulatorStub,
-    request: emulator_pb2.GenerateRequest,
-    timeout_s: float | None,
+async def _read_attempt(
+    request: emulator_pb2.GenerateRequest, started: StartedCall
 ) -> Outcome:
-    attempt = _Attempt()
-    call = stub.Generate(request, timeout=timeout_s)
+    attempt, call = started.attempt, started.call
     try:
-        async for response in call:
-            attempt.receive(response)
+        # read() rather than `async for`, which adds a generator per message.
+        while (response := await call.read()) is not grpc.aio.EOF:
+            attempt.receive(cast(emulator_pb2.GenerateResponse, response))
     except grpc.aio.AioRpcError as error:
         logger.debug("request %s failed: %s", request.request_id, error.code().name)
         return attempt.outcome(

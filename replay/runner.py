@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import cast
 
 import grpc.aio
 from rich.console import Console
@@ -43,7 +42,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmx import __version__
 from cmx.v1 import emulator_pb2_grpc
-from replay.client import Outcome, generate, open_channel
+from replay.client import Outcome, StartedCall, generate, open_channel
 from replay.errors import ReplayError
 from replay.metrics import (
     NO_GAPS,
@@ -63,7 +62,6 @@ from replay.schedule import (
     iter_scheduled,
     plan_schedule,
 )
-from replay.streams import ObservedStub
 from replay.summary import RunMetrics, summarize_results
 
 __all__ = [
@@ -489,17 +487,20 @@ class _Run:
         Returns False, without starting it, when a stop came first.
         """
         due_at_s = self._start_at_s + scheduled.scheduled_send_ms / 1000.0
+        if self._slots is None:
+            # Sent from the callback in which the pacer's clock fires.
+            return await pacer.wait_until(
+                due_at_s, lambda: self._start_send(scheduled, due_at_s, None)
+            )
         if not await pacer.wait_until(due_at_s):
             return False
 
         ready_at_s = time.perf_counter()
         if self._slot_wait_ended_at_s >= due_at_s:
             ready_at_s = due_at_s
-        wait_ms = None
-        if self._slots is not None:
-            if not await self._take_slot(pacer):
-                return False
-            wait_ms = (time.perf_counter() - ready_at_s) * 1000.0
+        if not await self._take_slot(pacer):
+            return False
+        wait_ms = (time.perf_counter() - ready_at_s) * 1000.0
 
         self._start_send(scheduled, due_at_s, wait_ms)
         return True
@@ -525,22 +526,37 @@ class _Run:
     def _start_send(
         self, scheduled: ScheduledRequest, due_at_s: float, wait_ms: float | None
     ) -> None:
-        lateness_ms = (time.perf_counter() - due_at_s) * 1000.0 - (wait_ms or 0.0)
+        # The call starts here, in the sender, and a task reads it: starting
+        # it in the new task would add a turn of the event loop to the lag.
+        gaps = TokenGaps()
+        started = StartedCall(
+            self._stub,
+            scheduled.request,
+            self._config.timeout_s,
+            on_chunk=gaps.add_chunk,
+        )
+        lateness_ms = (started.sent_at_s - due_at_s) * 1000.0 - (wait_ms or 0.0)
         self.lag_monitor.record(lateness_ms)
-        task = asyncio.create_task(self._send_one(scheduled, wait_ms))
+        task = asyncio.create_task(self._send_one(scheduled, gaps, started, wait_ms))
         self._in_flight.add(task)
         self._idle.clear()
+        # A task cancelled before its first step never reads, nor cancels, its call.
+        task.add_done_callback(lambda _: started.cancel())
         task.add_done_callback(self._on_task_done)
 
     async def _send_one(
-        self, scheduled: ScheduledRequest, concurrency_wait_ms: float | None
+        self,
+        scheduled: ScheduledRequest,
+        gaps: TokenGaps,
+        started: StartedCall,
+        concurrency_wait_ms: float | None,
     ) -> None:
         self.sent += 1
         self._report_progress()
-        gaps = TokenGaps()
-        stub = cast(emulator_pb2_grpc.EmulatorStub, ObservedStub(self._stub, gaps))
         try:
-            outcome = await generate(stub, scheduled.request, self._config.timeout_s)
+            outcome = await generate(
+                self._stub, scheduled.request, self._config.timeout_s, started=started
+            )
         finally:
             if self._slots is not None:
                 self._slots.release()

@@ -23,6 +23,7 @@ from replay.client import (
     EmulatorClient,
     Outcome,
     RetryPolicy,
+    StartedCall,
     TlsConfig,
     generate,
     generate_sync,
@@ -88,6 +89,30 @@ def test_ok_outcome_keeps_summary_and_wall_times() -> None:
     assert outcome.summary.decode_instance == SUMMARY_DECODE_INSTANCE
     assert outcome.first_token_at_s is not None
     assert outcome.sent_at_s < outcome.first_token_at_s <= outcome.finished_at_s
+
+
+def test_started_call_is_stamped_when_started_not_when_read() -> None:
+    """A call started 50 ms before `generate` reads it keeps its start instant."""
+
+    async def scenario() -> tuple[Outcome, float]:
+        servicer = ScriptedEmulator(default=StreamScript(chunks=((100.0, 120.0),)))
+        async with serve_fake_emulator(servicer) as target:
+            async with open_channel(target) as channel:
+                stub = emulator_pb2_grpc.EmulatorStub(channel)
+                request = emulator_pb2.GenerateRequest(
+                    request_id="r1", input_tokens=8, output_tokens=2
+                )
+                started = StartedCall(stub, request, 5.0)
+                await asyncio.sleep(0.05)
+                outcome = await generate(stub, request, 5.0, started=started)
+                return outcome, started.sent_at_s
+
+    outcome, sent_at_s = asyncio.run(scenario())
+
+    assert outcome.status == "ok"
+    assert outcome.sent_at_s == sent_at_s
+    assert outcome.finished_at_s - outcome.sent_at_s >= 0.05
+    assert outcome.tokens_received == 2
 
 
 def test_one_token_output_has_null_tpot() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 import pytest
 
-from replay.pacing import LagMonitor, Pacer
+from replay import pacing
+from replay.pacing import LagMonitor, Pacer, precise_clock_name
 
 
 class FakeClock:
@@ -21,43 +23,140 @@ class FakeClock:
         return self.now_s
 
 
-def run_pacer(handoff_s: float, delays_s: list[float]) -> list[tuple[bool, float]]:
-    """Wait for each delay in turn; return (result, instant - due) per wait."""
+# Each clock path: the Linux timerfd, the timer thread, the loop's timers only.
+CLOCKS = ["timerfd", "thread", "loop"]
 
-    async def scenario() -> list[tuple[bool, float]]:
-        pacer = Pacer(asyncio.Event(), handoff_s)
+
+@pytest.fixture(params=CLOCKS)
+def clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make `Pacer` use one clock path; returns its name."""
+    name = str(request.param)
+    if name == "timerfd" and precise_clock_name() != "timerfd":
+        pytest.skip("no timerfd on this machine")
+    if name == "thread":
+        monkeypatch.setattr(pacing, "_timerfd_api", lambda: None)
+    return name
+
+
+def make_pacer(clock: str, stop: asyncio.Event | None = None) -> Pacer:
+    handoff_s = 0.0 if clock == "loop" else 0.0012
+    pacer = Pacer(stop or asyncio.Event(), handoff_s)
+    assert pacer.clock_name == clock
+    return pacer
+
+
+def stamp(instants: list[float]) -> None:
+    instants.append(time.perf_counter())
+
+
+def run_pacer(clock: str, delays_s: list[float]) -> list[tuple[bool, float, float]]:
+    """Wait for each delay in turn, with an on-time action.
+
+    Returns (result, action instant - due, return instant - action instant)
+    per wait.
+    """
+
+    async def scenario() -> list[tuple[bool, float, float]]:
+        pacer = make_pacer(clock)
         results = []
         for delay_s in delays_s:
             due_at_s = time.perf_counter() + delay_s
-            ok = await pacer.wait_until(due_at_s)
-            results.append((ok, time.perf_counter() - due_at_s))
+            acted_at_s: list[float] = []
+            ok = await pacer.wait_until(due_at_s, partial(stamp, acted_at_s))
+            returned_at_s = time.perf_counter()
+            assert len(acted_at_s) == 1
+            results.append(
+                (ok, acted_at_s[0] - due_at_s, returned_at_s - acted_at_s[0])
+            )
         pacer.close()
         return results
 
     return asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("handoff_s", [0.0, 0.0012, 0.01])
-def test_wait_never_returns_before_due(handoff_s: float) -> None:
-    for ok, after_due_s in run_pacer(handoff_s, [0.0, 0.0004, 0.003, 0.02, -0.5]):
+def test_action_runs_once_never_before_due(clock: str) -> None:
+    delays_s = [0.0, 0.0004, 0.003, 0.02, -0.5]
+    for ok, after_due_s, return_after_action_s in run_pacer(clock, delays_s):
         assert ok is True
         assert after_due_s >= 0.0
+        assert return_after_action_s >= 0.0
 
 
-def test_stop_ends_wait_early() -> None:
-    async def scenario() -> tuple[bool, float]:
+def test_wait_without_action_never_returns_before_due(clock: str) -> None:
+    async def scenario() -> list[float]:
+        pacer = make_pacer(clock)
+        early_s = []
+        for delay_s in (0.0005, 0.004, -0.1):
+            due_at_s = time.perf_counter() + delay_s
+            assert await pacer.wait_until(due_at_s) is True
+            early_s.append(due_at_s - time.perf_counter())
+        pacer.close()
+        return early_s
+
+    assert all(early_s <= 0.0 for early_s in asyncio.run(scenario()))
+
+
+def test_stop_ends_wait_early_without_the_action(clock: str) -> None:
+    async def scenario() -> tuple[bool, float, int]:
         stop = asyncio.Event()
-        pacer = Pacer(stop)
+        pacer = make_pacer(clock, stop)
         started_s = time.perf_counter()
         asyncio.get_running_loop().call_later(0.05, stop.set)
-        ok = await pacer.wait_until(started_s + 30.0)
+        actions: list[None] = []
+        ok = await pacer.wait_until(started_s + 30.0, lambda: actions.append(None))
         pacer.close()
-        return ok, time.perf_counter() - started_s
+        return ok, time.perf_counter() - started_s, len(actions)
 
-    ok, waited_s = asyncio.run(scenario())
+    ok, waited_s, actions = asyncio.run(scenario())
 
     assert ok is False
     assert waited_s < 10.0
+    assert actions == 0
+
+
+def test_error_in_action_reaches_the_waiter(clock: str) -> None:
+    def fail() -> None:
+        raise RuntimeError("the send failed")
+
+    async def scenario() -> None:
+        pacer = make_pacer(clock)
+        try:
+            await pacer.wait_until(time.perf_counter() + 0.003, fail)
+        finally:
+            pacer.close()
+
+    with pytest.raises(RuntimeError, match="the send failed"):
+        asyncio.run(scenario())
+
+
+def test_overdue_sends_go_out_without_a_turn_of_the_loop() -> None:
+    """Sends already due run back to back, yielding once per 17 in a row."""
+
+    async def scenario() -> list[int]:
+        pacer = make_pacer("loop")
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        await asyncio.sleep(0)
+        turns_seen = []
+        past_s = time.perf_counter() - 1.0
+        for _ in range(34):
+            assert await pacer.wait_until(past_s) is True
+            turns_seen.append(turns)
+        counter.cancel()
+        pacer.close()
+        return turns_seen
+
+    turns_seen = asyncio.run(scenario())
+
+    # The counter task got a turn only at the 17th and the 34th overdue wait.
+    assert turns_seen == [0] * 16 + [1] * 17 + [2]
 
 
 def test_wait_or_stop_reports_which_came_first() -> None:
