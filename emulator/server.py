@@ -134,7 +134,9 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         self,
         request: emulator_pb2.GenerateRequest,
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[emulator_pb2.GenerateResponse]:
+    ) -> None:
+        # Writes with context.write rather than being an async generator,
+        # which gRPC would drive through one more generator per message.
         problem = validate_request(request, self._runtime.profiles)
         if problem is None and self.draining:
             code, problem = grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN
@@ -158,7 +160,7 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
                         continue
                     if item.HasField("summary") and session.fault_labels:
                         context.set_trailing_metadata(self._fault_metadata(session))
-                    yield item
+                    await context.write(item)
             if abort is not None:
                 ended_with = abort.code
                 logger.debug(
