@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from replay.client import TlsConfig
+from replay.errors import ReplayError
 from replay.metrics import SloMetric, parse_slo
 from replay.pacing import DEFAULT_HANDOFF_S
 from replay.runner import ReplayConfig, ReplaySummary, run_replay
@@ -137,10 +139,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=DEFAULT_HANDOFF_S * 1000.0,
         metavar="MS",
-        help="sleep the last MS milliseconds before each due time in a timer "
-        "thread, for sub-millisecond send times; 0 uses only the event loop's "
-        f"timers, which round up to whole milliseconds (default "
-        f"{DEFAULT_HANDOFF_S * 1000.0:g})",
+        help="wait for each due time on a precise clock, for sub-millisecond "
+        "send times: a timerfd on Linux, elsewhere a timer thread for the last "
+        "MS milliseconds; 0 uses only the event loop's timers, which round up "
+        f"to whole milliseconds (default {DEFAULT_HANDOFF_S * 1000.0:g})",
+    )
+    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, trusting the system's CA certificates",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="connect with TLS, trusting the CA certificates in this file",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="client certificate chain for mutual TLS (with --tls-key)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="PEM",
+        help="client private key for mutual TLS (with --tls-cert)",
+    )
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="name to check the server's certificate against, when it differs "
+        "from the target's host",
     )
     parser.add_argument(
         "--json",
@@ -172,12 +204,37 @@ def run(args: argparse.Namespace) -> int:
         lag_warning_ms=args.lag_warning_ms,
         cancel_grace_s=args.cancel_grace_s,
         timer_handoff_s=args.timer_handoff_ms / 1000.0,
+        tls=_tls_config(args),
     )
     summary = run_replay(config)
     _print_summary(summary)
     if args.json:
         print(json.dumps(summary.metrics.to_dict(), indent=2))
     return EXIT_INTERRUPTED if summary.interrupted else 0
+
+
+def _tls_config(args: argparse.Namespace) -> TlsConfig | None:
+    """TLS settings from the options, or None for plaintext."""
+    given = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    if not args.tls and all(value is None for value in given):
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ReplayError(
+            "--tls-cert and --tls-key must be given together for mutual TLS"
+        )
+    for option, path in (
+        ("--tls-ca", args.tls_ca),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+    ):
+        if path is not None and not path.is_file():
+            raise ReplayError(f"{option} {path}: no such file")
+    return TlsConfig(
+        root_ca=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        server_name=args.tls_server_name,
+    )
 
 
 def _print_summary(summary: ReplaySummary) -> None:

@@ -42,7 +42,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmx import __version__
 from cmx.v1 import emulator_pb2_grpc
-from replay.client import Outcome, StartedCall, generate, open_channel
+from replay.client import Outcome, StartedCall, TlsConfig, generate, open_channel
 from replay.errors import ReplayError
 from replay.metrics import (
     NO_GAPS,
@@ -95,9 +95,11 @@ class ReplayConfig:
     for no cap, the open-loop default). `slos` decide `slo_met` and goodput.
     A send whose own lateness exceeds `lag_warning_ms` counts as late for the
     warning and the summary. On a stop request, in-flight calls get
-    `cancel_grace_s` seconds to finish before they are cancelled. The last
-    `timer_handoff_s` before each due instant are slept in a timer thread
-    (see `replay.pacing`; 0 uses only the event loop's timers).
+    `cancel_grace_s` seconds to finish before they are cancelled. Sends
+    wait for their due instant on a precise clock (see `replay.pacing`): a
+    timerfd on Linux, elsewhere a timer thread for the last
+    `timer_handoff_s`; `timer_handoff_s` 0 uses only the event loop's
+    timers. `tls` connects with TLS (None: plaintext).
     """
 
     trace_path: Path
@@ -117,6 +119,7 @@ class ReplayConfig:
     cancel_grace_s: float = 5.0
     flush_interval_s: float = 2.0
     timer_handoff_s: float = DEFAULT_HANDOFF_S
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         parse_target(self.target)
@@ -172,6 +175,7 @@ class ReplayConfig:
             "cancel_grace_s": self.cancel_grace_s,
             "flush_interval_s": self.flush_interval_s,
             "timer_handoff_s": self.timer_handoff_s,
+            "tls": _describe_tls(self.tls),
             "started_at": started_at.isoformat(),
             "cmx_version": __version__,
         }
@@ -333,7 +337,7 @@ async def replay(
     )
     logger.info("replaying %s against %s: %s", config.trace_path, config.target, config)
 
-    channel = open_channel(config.target)
+    channel = open_channel(config.target, config.tls)
     try:
         await _wait_for_connection(channel, config)
         started_at = datetime.now(timezone.utc)
@@ -664,6 +668,16 @@ def _progress_bar(enabled: bool, planned: int | None) -> Iterator[_ProgressUpdat
             progress.update(task_id, completed=sent, finished=finished, failed=failed)
 
         yield update
+
+
+def _describe_tls(tls: TlsConfig | None) -> dict[str, str | None] | None:
+    if tls is None:
+        return None
+    return {
+        "root_ca": None if tls.root_ca is None else str(tls.root_ca),
+        "client_cert": None if tls.client_cert is None else str(tls.client_cert),
+        "server_name": tls.server_name,
+    }
 
 
 def _check_positive(name: str, value: float, meaning: str) -> None:

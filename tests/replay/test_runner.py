@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cmx import __version__
+from cmx.demo import start_server
 from replay import cli as replay_cli
 from replay.errors import ReplayError
 from replay.metrics import parse_slo
@@ -35,6 +36,7 @@ from replay.runner import (
     parse_target,
     replay,
 )
+from tests.certificates import make_certificates
 from tests.replay.fake_emulator import (
     ScriptedEmulator,
     StreamScript,
@@ -53,7 +55,10 @@ SPEEDUP = 10.0
 EXPECTED_SCHEDULE_MS = [0.0, 0.0, 10.0, 30.0, 60.0]
 
 
-def write_test_trace(path: Path, arrivals_ms: Sequence[float]) -> Path:
+def write_test_trace(
+    path: Path, arrivals_ms: Sequence[float], *, prefix_hashes: bool = True
+) -> Path:
+    """Write a small trace; without `prefix_hashes` the real emulator accepts it."""
     count = len(arrivals_ms)
     table = pa.table(
         {
@@ -61,8 +66,10 @@ def write_test_trace(path: Path, arrivals_ms: Sequence[float]) -> Path:
             "arrival_ms": list(arrivals_ms),
             "input_tokens": [100 + index for index in range(count)],
             "output_tokens": [4] * count,
-            "prefix_block_hashes": [[7, 8 + index] for index in range(count)],
-            "block_tokens": [512] * count,
+            "prefix_block_hashes": [
+                [7, 8 + index] if prefix_hashes else [] for index in range(count)
+            ],
+            "block_tokens": [512 if prefix_hashes else 0] * count,
             "session_id": [
                 None if index % 2 else f"s{index}" for index in range(count)
             ],
@@ -700,6 +707,8 @@ def test_cli_parses_window_and_slo_options() -> None:
         (["--max-concurrency", "0"], "max_concurrency must be at least 1"),
         (["--start-s", "-1"], "start_s must be a number >= 0"),
         (["--timer-handoff-ms", "5000"], "timer_handoff_s must be between 0 and 1"),
+        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key must be given together"),
+        (["--tls-ca", "absent.pem"], "--tls-ca absent.pem: no such file"),
     ],
 )
 def test_cli_rejects_bad_replay_option(
@@ -733,3 +742,35 @@ def test_cli_json_prints_summary(
     assert printed["measured_good"] == 5
     assert printed["slo_attainment"] == 1.0
     assert printed["slos"] == ["ttft_ms<=100"]
+
+
+def test_cli_replays_over_mutual_tls(tmp_path: Path) -> None:
+    """`cmx replay` with its TLS options against `cmx serve` with mutual TLS."""
+    certificates = make_certificates(tmp_path)
+    trace_path = write_test_trace(
+        tmp_path / "trace.parquet", ARRIVALS_MS, prefix_hashes=False
+    )
+    output_path = tmp_path / "out.parquet"
+    server_tls = [
+        "--tls-cert", str(certificates.server_cert),
+        "--tls-key", str(certificates.server_key),
+        "--tls-client-ca", str(certificates.ca_cert),
+    ]  # fmt: skip
+    with start_server(tmp_path / "server.log", 50.0, server_tls) as target:
+        args = parse_replay_args(
+            ["replay", str(trace_path), "--target", target, "-o", str(output_path),
+             "--speedup", "10", "--tls-ca", str(certificates.ca_cert),
+             "--tls-cert", str(certificates.client_cert),
+             "--tls-key", str(certificates.client_key)]
+        )  # fmt: skip
+        status = args.run(args)
+
+    table = pq.read_table(output_path)
+    assert status == 0
+    assert table.column("status").to_pylist() == ["ok"] * len(ARRIVALS_MS)
+    run = json.loads(table.schema.metadata[b"cmx.results.run_config"])
+    assert run["tls"] == {
+        "root_ca": str(certificates.ca_cert),
+        "client_cert": str(certificates.client_cert),
+        "server_name": None,
+    }
