@@ -30,15 +30,15 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import grpc.aio
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from cmx import __version__
 from cmx.v1 import emulator_pb2_grpc
@@ -649,9 +649,34 @@ async def _first_of(*waits: Awaitable[object], timeout_s: float | None = None) -
             task.cancel()
 
 
+# Drawing the bar holds the GIL for about 0.7 ms, which delays any send due
+# meanwhile, so it is redrawn twice a second rather than rich's default 10.
+_PROGRESS_REFRESHES_PER_S = 2.0
+
+
+class _ReplayProgress(Progress):
+    """A progress bar that reads the run's counts only when it redraws.
+
+    Each request changes the counts twice; rich's `update` costs about
+    10 us, so the counts are kept as plain numbers until a redraw.
+    """
+
+    counts = (0, 0, 0)
+    task_id: TaskID | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        self.take_counts()
+        yield from super().get_renderables()
+
+    def take_counts(self) -> None:
+        if self.task_id is not None:
+            sent, finished, failed = self.counts
+            self.update(self.task_id, completed=sent, finished=finished, failed=failed)
+
+
 @contextlib.contextmanager
 def _progress_bar(enabled: bool, planned: int | None) -> Iterator[_ProgressUpdate]:
-    progress = Progress(
+    progress = _ReplayProgress(
         TextColumn("replay"),
         BarColumn(),
         TextColumn("sent {task.completed:.0f}"),
@@ -660,14 +685,20 @@ def _progress_bar(enabled: bool, planned: int | None) -> Iterator[_ProgressUpdat
         TimeElapsedColumn(),
         console=Console(stderr=True),
         disable=not enabled,
+        refresh_per_second=_PROGRESS_REFRESHES_PER_S,
     )
     with progress:
-        task_id = progress.add_task("replay", total=planned, finished=0, failed=0)
+        progress.task_id = progress.add_task(
+            "replay", total=planned, finished=0, failed=0
+        )
 
         def update(sent: int, finished: int, failed: int) -> None:
-            progress.update(task_id, completed=sent, finished=finished, failed=failed)
+            progress.counts = (sent, finished, failed)
 
-        yield update
+        try:
+            yield update
+        finally:
+            progress.take_counts()
 
 
 def _describe_tls(tls: TlsConfig | None) -> dict[str, str | None] | None:
