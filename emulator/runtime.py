@@ -229,7 +229,7 @@ class PacedRuntime:
         """Wake the run loop when an event is now due before the one it awaits.
 
         Most new requests only add events after the next decode step, so
-        the loop's timer stands and the loop is not woken for nothing.
+        the loop keeps its timer and is not woken for nothing.
         """
         next_at_s = self.events.next_at_s()
         if next_at_s is not None and next_at_s < self._asleep_until_s:

@@ -339,7 +339,7 @@ class StartedCall:
     """A Generate call started at once, for `generate` to read later.
 
     Creating it stamps the send instant and starts the call in the calling
-    task, so a caller that must send on time (the replayer) does not wait
+    task. A caller that must send on time (the replayer) then does not wait
     one more turn of the event loop for a new task to start the call.
     `on_chunk` sees every token chunk's timestamps, of this attempt and of
     any retry.

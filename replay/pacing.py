@@ -360,7 +360,7 @@ class _OsTimerFd:
 
 
 def _timerfd_api() -> _TimerFdApi | None:
-    """The timerfd calls, when `time.perf_counter` reads CLOCK_MONOTONIC on Linux."""
+    """Return the timerfd calls, or None unless `perf_counter` reads CLOCK_MONOTONIC."""
     if not sys.platform.startswith("linux"):
         return None
     implementation = time.get_clock_info("perf_counter").implementation
