@@ -2,15 +2,16 @@
 
 asyncio wakes a sleeping task only at whole milliseconds of its selector's
 timeout (Python's epoll and poll selectors round the timeout up to 1 ms), and
-later still when the loop is busy. `Pacer.wait_until` therefore sleeps on the
-loop until `handoff_s` before the due instant and hands the rest of the wait
-to a precise clock:
+later still when the loop is busy. `Pacer.wait_until` therefore waits on a
+precise clock:
 
-- on Linux, a timerfd on CLOCK_MONOTONIC (the clock of `time.perf_counter`)
-  that the loop watches like a socket, so that the kernel wakes the loop
-  itself at the instant, with no thread and no wait for the GIL;
-- elsewhere, a timer thread that sleeps with `time.sleep` and wakes the loop
-  with `call_soon_threadsafe`.
+- on Linux, for the whole wait, a timerfd on CLOCK_MONOTONIC (the clock of
+  `time.perf_counter`) that the loop watches like a socket, so that the
+  kernel wakes the loop itself at the instant, with no thread and no wait
+  for the GIL;
+- elsewhere, the loop sleeps until `handoff_s` before the due instant and a
+  timer thread sleeps the rest with `time.sleep`, then wakes the loop with
+  `call_soon_threadsafe`.
 
 `wait_until` can also run the send itself, as `on_time`, in the callback in
 which the precise clock fires; the sender's task then resumes one turn of
