@@ -2,13 +2,19 @@
 
 The options are added to Locust's own parser (`--cmx-*`, each also settable by
 an environment variable and shown in the web UI's custom parameters), so
-`locust --help` lists them and a Locust master passes them on to its workers.
+Locust accepts them and a Locust master passes them on to its workers.
+Locust's `--help` does not list them: Locust 2.47 prints its help before it
+loads the locustfile.
 This module does not import Locust, so that it can be used and tested without
 gevent's monkey-patching.
 
 Values arrive as typed values from the command line, but as strings when they
 were edited in the web UI, and as an empty string for an optional field left
 blank there. `LocustRunConfig.from_options` accepts all three.
+
+The TLS options name PEM files. Every Locust process checks that they exist
+before a run, and every process that sends requests reads them, at the same
+path, when its part of the run starts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from replay.client import TlsConfig
 from replay.errors import ReplayError
 from replay.runner import parse_target
 
@@ -115,6 +122,49 @@ def add_arguments(parser: Any) -> None:
         env_var="CMX_SEED",
         help="users mode: seed of the random draws from the trace (default: 0)",
     )
+    _add_tls_arguments(parser)
+
+
+def _add_tls_arguments(parser: Any) -> None:
+    # Path options stay strings, because Locust sends the options to its
+    # workers with msgpack, which cannot encode Path objects.
+    parser.add_argument(
+        "--cmx-tls",
+        action="store_true",
+        default=False,
+        env_var="CMX_TLS",
+        help="connect with TLS, trusting the system's CA certificates (default: "
+        "plaintext, unless another --cmx-tls-* option is given)",
+    )
+    parser.add_argument(
+        "--cmx-tls-ca",
+        default=None,
+        env_var="CMX_TLS_CA",
+        metavar="PEM",
+        help="connect with TLS, trusting the CA certificates in this file",
+    )
+    parser.add_argument(
+        "--cmx-tls-cert",
+        default=None,
+        env_var="CMX_TLS_CERT",
+        metavar="PEM",
+        help="client certificate chain for mutual TLS (with --cmx-tls-key)",
+    )
+    parser.add_argument(
+        "--cmx-tls-key",
+        default=None,
+        env_var="CMX_TLS_KEY",
+        metavar="PEM",
+        help="client private key for mutual TLS (with --cmx-tls-cert)",
+    )
+    parser.add_argument(
+        "--cmx-tls-server-name",
+        default=None,
+        env_var="CMX_TLS_SERVER_NAME",
+        metavar="NAME",
+        help="name to check against the server's certificate instead of the "
+        "--host name",
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +174,9 @@ class LocustRunConfig:
     `target` is the emulator's HOST:PORT (Locust's `--host`). `speedup`
     divides trace time in trace mode. `limit` keeps the first N trace rows and
     `duration_s` the rows within that many seconds of trace time from the
-    first. `timeout_s` is each call's deadline. Raises ReplayError on an
-    invalid value.
+    first. `timeout_s` is each call's deadline. `tls` connects with TLS
+    (None: plaintext). Raises ReplayError on an invalid value or a TLS file
+    that does not exist.
     """
 
     target: str
@@ -137,6 +188,7 @@ class LocustRunConfig:
     duration_s: float | None = None
     timeout_s: float = 600.0
     seed: int = 0
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         parse_target(self.target)
@@ -148,6 +200,8 @@ class LocustRunConfig:
             raise ReplayError(
                 f"--cmx-limit must be at least 1 request, not {self.limit}"
             )
+        if self.tls is not None:
+            _check_tls_files(self.tls)
 
     @classmethod
     def from_options(
@@ -189,6 +243,7 @@ class LocustRunConfig:
             ),
             timeout_s=_number("--cmx-timeout-s", options.cmx_timeout_s, float),
             seed=int(_number("--cmx-seed", options.cmx_seed, int)),
+            tls=_tls_from_options(options),
         )
 
     def to_metadata(self) -> dict[str, object]:
@@ -204,6 +259,7 @@ class LocustRunConfig:
             "duration_s": self.duration_s,
             "timeout_s": self.timeout_s,
             "seed": self.seed,
+            "tls": _describe_tls(self.tls),
         }
 
 
@@ -227,6 +283,82 @@ def _optional_number(
     except ValueError:
         expected = "a whole number" if kind is int else "a number"
         raise ReplayError(f"{option} must be {expected}, not {value!r}") from None
+
+
+def _tls_from_options(options: argparse.Namespace) -> TlsConfig | None:
+    """Return the TLS settings of the `--cmx-tls*` options, None for plaintext."""
+    root_ca = _optional_path(options.cmx_tls_ca)
+    client_cert = _optional_path(options.cmx_tls_cert)
+    client_key = _optional_path(options.cmx_tls_key)
+    server_name = _optional_text(options.cmx_tls_server_name)
+    tls_values = (root_ca, client_cert, client_key, server_name)
+    tls_on = _flag("--cmx-tls", options.cmx_tls)
+    if not tls_on and all(value is None for value in tls_values):
+        return None
+
+    if client_cert is not None and client_key is None:
+        raise ReplayError(
+            "--cmx-tls-cert was given without --cmx-tls-key. Give both (the "
+            "client certificate and its private key) for mutual TLS, or neither"
+        )
+    if client_key is not None and client_cert is None:
+        raise ReplayError(
+            "--cmx-tls-key was given without --cmx-tls-cert. Give both (the "
+            "client certificate and its private key) for mutual TLS, or neither"
+        )
+    return TlsConfig(
+        root_ca=root_ca,
+        client_cert=client_cert,
+        client_key=client_key,
+        server_name=server_name,
+    )
+
+
+def _check_tls_files(tls: TlsConfig) -> None:
+    for option, path in (
+        ("--cmx-tls-ca", tls.root_ca),
+        ("--cmx-tls-cert", tls.client_cert),
+        ("--cmx-tls-key", tls.client_key),
+    ):
+        if path is None or path.is_file():
+            continue
+        if path.exists():
+            raise ReplayError(f"{option} {path} is not a file; give a PEM file")
+        raise ReplayError(f"{option} {path}: PEM file not found")
+
+
+def _describe_tls(tls: TlsConfig | None) -> dict[str, str | None] | None:
+    """Return the TLS settings for the results metadata, without the key path."""
+    if tls is None:
+        return None
+    return {
+        "root_ca": None if tls.root_ca is None else str(tls.root_ca),
+        "client_cert": None if tls.client_cert is None else str(tls.client_cert),
+        "server_name": tls.server_name,
+    }
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _optional_path(value: object) -> Path | None:
+    text = _optional_text(value)
+    return None if text is None else Path(text)
+
+
+def _flag(option: str, value: object) -> bool:
+    """Convert an on/off option: a bool, or "true"/"false" (also 1/0, yes/no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ReplayError(f"{option} must be true or false, not {value!r}")
 
 
 def _check_positive(option: str, value: float) -> None:

@@ -141,7 +141,8 @@ class _WorkerSession:
     """One worker's part of a run: its channel, results file and open calls.
 
     A local (not distributed) run has one session, as worker 0 of 1. Raises
-    ReplayError or TraceError when the trace or results path is unusable.
+    ReplayError or TraceError when the trace, a TLS file or the results path
+    is unusable.
     """
 
     def __init__(
@@ -174,6 +175,11 @@ class _WorkerSession:
         else:
             self.shapes = ShapeSampler(config)
 
+        # Opening the channel reads the TLS files, so an unreadable one fails
+        # before the results file exists.
+        self._channel = open_sync_channel(config.target, config.tls)
+        self._stub = emulator_pb2_grpc.EmulatorStub(self._channel)
+
         path = worker_results_path(config.results_dir, plan.run_id, worker_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
@@ -189,8 +195,6 @@ class _WorkerSession:
             "cmx_version": __version__,
         }
         self._writer = ResultsWriter(path, metadata, flush_interval_s=_FLUSH_INTERVAL_S)
-        self._channel = open_sync_channel(config.target)
-        self._stub = emulator_pb2_grpc.EmulatorStub(self._channel)
         self._flusher = gevent.spawn(self._flush_periodically)
         logger.info(
             "run %s: worker %d of %d writes %s",

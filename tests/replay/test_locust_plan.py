@@ -14,14 +14,21 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import configargparse
 import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from replay.client import TlsConfig
 from replay.errors import ReplayError
-from replay.locust_options import DEFAULT_RESULTS_DIR, LoadMode, LocustRunConfig
+from replay.locust_options import (
+    DEFAULT_RESULTS_DIR,
+    LoadMode,
+    LocustRunConfig,
+    add_arguments,
+)
 from replay.locust_plan import (
     RunPlan,
     ShapeSampler,
@@ -290,6 +297,11 @@ def options(**values: object) -> argparse.Namespace:
         "cmx_results": DEFAULT_RESULTS_DIR,
         "cmx_timeout_s": 600.0,
         "cmx_seed": 0,
+        "cmx_tls": False,
+        "cmx_tls_ca": None,
+        "cmx_tls_cert": None,
+        "cmx_tls_key": None,
+        "cmx_tls_server_name": None,
     }
     return argparse.Namespace(**{**defaults, **values})
 
@@ -347,3 +359,153 @@ def test_metadata_speedup_per_mode(tmp_path: Path) -> None:
     assert trace_mode.to_metadata()["speedup"] == 4.0
     assert users_mode.to_metadata()["speedup"] == 1.0
     assert users_mode.to_metadata()["mode"] == "users"
+
+
+def touch_pem_files(folder: Path) -> dict[str, Path]:
+    """Create empty ca.pem, cert.pem and key.pem in `folder`.
+
+    Empty files will do, because the config checks only that they exist.
+    """
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in paths.values():
+        path.write_text("")
+    return paths
+
+
+def test_tls_options_parsed() -> None:
+    # Locust's parser subclasses configargparse's, so a plain configargparse
+    # parser handles `env_var` the same way without importing Locust.
+    parser = configargparse.ArgumentParser()
+    add_arguments(parser)
+
+    defaults = parser.parse_args([], env_vars={})
+    assert defaults.cmx_tls is False
+    assert defaults.cmx_tls_ca is None
+    assert defaults.cmx_tls_cert is None
+    assert defaults.cmx_tls_key is None
+    assert defaults.cmx_tls_server_name is None
+
+    given = parser.parse_args(
+        ["--cmx-tls", "--cmx-tls-ca", "ca.pem", "--cmx-tls-cert", "cert.pem",
+         "--cmx-tls-key", "key.pem", "--cmx-tls-server-name", "emulator.test"],
+        env_vars={},
+    )  # fmt: skip
+    assert given.cmx_tls is True
+    assert given.cmx_tls_ca == "ca.pem"
+    assert given.cmx_tls_cert == "cert.pem"
+    assert given.cmx_tls_key == "key.pem"
+    assert given.cmx_tls_server_name == "emulator.test"
+
+
+def test_tls_options_from_environment() -> None:
+    parser = configargparse.ArgumentParser()
+    add_arguments(parser)
+    environment = {
+        "CMX_TLS": "true",
+        "CMX_TLS_CA": "ca.pem",
+        "CMX_TLS_CERT": "cert.pem",
+        "CMX_TLS_KEY": "key.pem",
+        "CMX_TLS_SERVER_NAME": "emulator.test",
+    }
+
+    parsed = parser.parse_args([], env_vars=environment)
+    assert parsed.cmx_tls is True
+    assert parsed.cmx_tls_ca == "ca.pem"
+    assert parsed.cmx_tls_cert == "cert.pem"
+    assert parsed.cmx_tls_key == "key.pem"
+    assert parsed.cmx_tls_server_name == "emulator.test"
+
+
+def test_no_tls_options_is_plaintext() -> None:
+    from_command_line = LocustRunConfig.from_options(options(), "127.0.0.1:1")
+    # The web UI sends a blank field as an empty string.
+    blank_form = options(
+        cmx_tls_ca="", cmx_tls_cert="", cmx_tls_key="", cmx_tls_server_name=""
+    )
+    from_web_ui = LocustRunConfig.from_options(blank_form, "127.0.0.1:1")
+
+    assert from_command_line.tls is None
+    assert from_web_ui.tls is None
+    assert from_command_line.to_metadata()["tls"] is None
+
+
+def test_tls_flag_trusts_system_roots() -> None:
+    config = LocustRunConfig.from_options(options(cmx_tls=True), "127.0.0.1:1")
+
+    assert config.tls == TlsConfig()
+
+
+def test_tls_server_name_turns_on_tls() -> None:
+    given = options(cmx_tls_server_name="emulator.test")
+    config = LocustRunConfig.from_options(given, "127.0.0.1:1")
+
+    assert config.tls == TlsConfig(server_name="emulator.test")
+
+
+def test_mutual_tls_from_web_ui_strings(tmp_path: Path) -> None:
+    pem = touch_pem_files(tmp_path)
+    web_form = options(
+        cmx_tls=False,
+        cmx_tls_ca=str(pem["ca"]),
+        cmx_tls_cert=str(pem["cert"]),
+        cmx_tls_key=str(pem["key"]),
+        cmx_tls_server_name="",
+    )
+
+    config = LocustRunConfig.from_options(web_form, "127.0.0.1:1")
+    assert config.tls == TlsConfig(
+        root_ca=pem["ca"], client_cert=pem["cert"], client_key=pem["key"]
+    )
+    # The metadata names the key's file nowhere.
+    assert config.to_metadata()["tls"] == {
+        "root_ca": str(pem["ca"]),
+        "client_cert": str(pem["cert"]),
+        "server_name": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"cmx_tls_cert": "cert.pem"},
+            "--cmx-tls-cert was given without --cmx-tls-key. Give both (the "
+            "client certificate and its private key) for mutual TLS, or neither",
+        ),
+        (
+            {"cmx_tls_key": "key.pem", "cmx_tls_cert": ""},
+            "--cmx-tls-key was given without --cmx-tls-cert. Give both (the "
+            "client certificate and its private key) for mutual TLS, or neither",
+        ),
+        ({"cmx_tls": "maybe"}, "--cmx-tls must be true or false, not 'maybe'"),
+    ],
+)
+def test_tls_options_rejected(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ReplayError) as raised:
+        LocustRunConfig.from_options(options(**values), "127.0.0.1:1")
+
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("missing", ["ca", "cert", "key"])
+def test_missing_tls_file_named(tmp_path: Path, missing: str) -> None:
+    pem = touch_pem_files(tmp_path)
+    pem[missing].unlink()
+    given = options(
+        cmx_tls_ca=str(pem["ca"]),
+        cmx_tls_cert=str(pem["cert"]),
+        cmx_tls_key=str(pem["key"]),
+    )
+
+    with pytest.raises(ReplayError) as raised:
+        LocustRunConfig.from_options(given, "127.0.0.1:1")
+    expected = f"--cmx-tls-{missing} {pem[missing]}: PEM file not found"
+    assert str(raised.value) == expected
+
+
+def test_tls_folder_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ReplayError) as raised:
+        make_config(tmp_path / "trace.parquet", tls=TlsConfig(root_ca=tmp_path))
+
+    expected = f"--cmx-tls-ca {tmp_path} is not a file; give a PEM file"
+    assert str(raised.value) == expected

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cmx.cli import main
 from cmx.demo import start_server
+from tests.certificates import make_certificates
 from traces.schema import read_trace, write_trace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -203,6 +205,54 @@ def test_master_two_workers_send_trace_once(tmp_path: Path) -> None:
     assert counts["TPOT"][1] == 0
     assert csv_request_types(tmp_path / "stats") >= {"grpc", "TTFT", "TPOT"}
     assert_clean_logs(master_log, tmp_path / "worker0.log", tmp_path / "worker1.log")
+
+
+def test_worker_sends_over_mutual_tls(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    trace, request_ids = generated_trace(tmp_path, 20)
+    results = tmp_path / "results"
+    master_log = tmp_path / "master.log"
+    server_tls = [
+        "--tls-cert", str(certificates.server_cert),
+        "--tls-key", str(certificates.server_key),
+        "--tls-client-ca", str(certificates.ca_cert),
+    ]  # fmt: skip
+    # Only the master gets the TLS options; the worker receives them with
+    # the other --cmx-* options.
+    client_tls = [
+        "--cmx-tls-ca", str(certificates.ca_cert),
+        "--cmx-tls-cert", str(certificates.client_cert),
+        "--cmx-tls-key", str(certificates.client_key),
+    ]  # fmt: skip
+
+    with ExitStack() as stack:
+        server_log = tmp_path / "server.log"
+        target = stack.enter_context(start_server(server_log, 20.0, server_tls))
+        arguments = master_arguments(target, trace, results)
+        arguments[arguments.index("--expect-workers") + 1] = "1"
+        master_command = locust_command(
+            *arguments,
+            *["--run-time", "60s", "--cmx-speedup", "20", *client_tls],
+            *["--json-file", str(tmp_path / "stats")],
+        )
+        master = stack.enter_context(child(master_command, master_log))
+        (worker,) = start_workers(stack, tmp_path, master_log, master, count=1)
+        assert master.wait(timeout=RUN_TIMEOUT_S) == 0
+        assert worker.wait(timeout=RUN_TIMEOUT_S) == 0
+
+    rows = result_rows(results)
+    assert sorted(row[1] for row in rows) == sorted(request_ids)
+    assert [row[2] for row in rows] == ["ok"] * len(request_ids)
+    assert final_counts(tmp_path / "stats")["grpc"] == (len(request_ids), 0)
+    (results_file,) = results.glob("*/worker_index=0/results.parquet")
+    metadata = pq.read_schema(results_file).metadata
+    run_config = json.loads(metadata[b"cmx.results.run_config"])
+    assert run_config["tls"] == {
+        "root_ca": str(certificates.ca_cert),
+        "client_cert": str(certificates.client_cert),
+        "server_name": None,
+    }
+    assert_clean_logs(master_log, tmp_path / "worker0.log")
 
 
 def test_sigterm_cancels_open_streams(tmp_path: Path) -> None:
@@ -386,6 +436,26 @@ def test_bad_target_exits_with_one_line(tmp_path: Path) -> None:
     assert finished.returncode == 2
     last_line = finished.stderr.strip().splitlines()[-1]
     assert last_line.startswith("cmx: error: target 'localhost' is not HOST:PORT")
+    assert "Traceback" not in finished.stderr
+
+
+def test_tls_cert_without_key_exits(tmp_path: Path) -> None:
+    trace, _ = generated_trace(tmp_path, 2)
+    cert = tmp_path / "cert.pem"
+    cert.write_text("")
+    command = locust_command(
+        *["--headless", "--host", "127.0.0.1:9", "--cmx-trace", str(trace)],
+        *["--cmx-tls-cert", str(cert)],
+    )
+
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    )
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines()[-1] == (
+        "cmx: error: --cmx-tls-cert was given without --cmx-tls-key. Give both "
+        "(the client certificate and its private key) for mutual TLS, or neither"
+    )
     assert "Traceback" not in finished.stderr
 
 
