@@ -156,6 +156,14 @@ class TlsConfig:
             return []
         return [("grpc.ssl_target_name_override", self.server_name)]
 
+    def describe(self) -> dict[str, str | None]:
+        """The settings for a run's metadata: file names, never the key's."""
+        return {
+            "root_ca": None if self.root_ca is None else str(self.root_ca),
+            "client_cert": None if self.client_cert is None else str(self.client_cert),
+            "server_name": self.server_name,
+        }
+
 
 def _read_optional(path: Path | None) -> bytes | None:
     if path is None:

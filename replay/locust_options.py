@@ -259,7 +259,7 @@ class LocustRunConfig:
             "duration_s": self.duration_s,
             "timeout_s": self.timeout_s,
             "seed": self.seed,
-            "tls": _describe_tls(self.tls),
+            "tls": None if self.tls is None else self.tls.describe(),
         }
 
 
@@ -325,17 +325,6 @@ def _check_tls_files(tls: TlsConfig) -> None:
         if path.exists():
             raise ReplayError(f"{option} {path} is not a file; give a PEM file")
         raise ReplayError(f"{option} {path}: PEM file not found")
-
-
-def _describe_tls(tls: TlsConfig | None) -> dict[str, str | None] | None:
-    """Return the TLS settings for the results metadata, without the key path."""
-    if tls is None:
-        return None
-    return {
-        "root_ca": None if tls.root_ca is None else str(tls.root_ca),
-        "client_cert": None if tls.client_cert is None else str(tls.client_cert),
-        "server_name": tls.server_name,
-    }
 
 
 def _optional_text(value: object) -> str | None:

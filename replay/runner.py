@@ -175,7 +175,7 @@ class ReplayConfig:
             "cancel_grace_s": self.cancel_grace_s,
             "flush_interval_s": self.flush_interval_s,
             "timer_handoff_s": self.timer_handoff_s,
-            "tls": _describe_tls(self.tls),
+            "tls": None if self.tls is None else self.tls.describe(),
             "started_at": started_at.isoformat(),
             "cmx_version": __version__,
         }
@@ -699,16 +699,6 @@ def _progress_bar(enabled: bool, planned: int | None) -> Iterator[_ProgressUpdat
             yield update
         finally:
             progress.take_counts()
-
-
-def _describe_tls(tls: TlsConfig | None) -> dict[str, str | None] | None:
-    if tls is None:
-        return None
-    return {
-        "root_ca": None if tls.root_ca is None else str(tls.root_ca),
-        "client_cert": None if tls.client_cert is None else str(tls.client_cert),
-        "server_name": tls.server_name,
-    }
 
 
 def _check_positive(name: str, value: float, meaning: str) -> None:
