@@ -176,9 +176,16 @@ class DecodeInstance:
         self._context_sum += tokens
         self.tokens_generated += tokens
         if supernode.stream_tokens:
+            # Every sequence's tokens of this step share one instant, so one
+            # tuple per token count serves them all.
+            times_by_count: dict[int, tuple[float, ...]] = {}
+            emit_tokens = supernode.emit_tokens
             for record, count in zip(self._active, made.tolist(), strict=True):
                 if count:
-                    supernode.emit_tokens(record, [now_s] * count)
+                    times_s = times_by_count.get(count)
+                    if times_s is None:
+                        times_s = times_by_count[count] = (now_s,) * count
+                    emit_tokens(record, times_s)
         self._release_finished(now_s)
 
         for observer in supernode.observers:

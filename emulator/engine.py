@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -347,7 +348,9 @@ class Supernode:
         record.kv_transfer_s = self.costs.kv_transfer_s(record.spec.input_tokens)
         self.events.schedule_in(record.kv_transfer_s, lambda: self._on_kv_ready(record))
 
-    def emit_tokens(self, record: RequestRecord, emulated_at_s: list[float]) -> None:
+    def emit_tokens(
+        self, record: RequestRecord, emulated_at_s: Sequence[float]
+    ) -> None:
         """Hand tokens to the request's sink and finish it after its last one."""
         first_index = record.tokens_out
         record.tokens_out += len(emulated_at_s)

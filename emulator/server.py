@@ -31,7 +31,7 @@ from emulator.faults import FailedInstancePolicy, FaultSpec
 from emulator.metrics import MetricsExporter, ServerStats, collect_metrics
 from emulator.profiles import Profiles
 from emulator.runtime import AdmissionRejected, PacedRuntime
-from emulator.sessions import RequestSession, SessionEnd, StreamAbort, TokenBatch
+from emulator.sessions import RequestSession, StreamAbort, StreamEnd
 from emulator.validation import prompt_tokens, validate_request
 
 __all__ = [
@@ -198,9 +198,9 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
         if self.draining and not session.ended:
             session.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         if session.ended:  # aborted while its request was on the way in
-            for item in session.items.take_nowait():
-                if isinstance(item, StreamAbort):
-                    return item
+            _, end = session.items.take_nowait()
+            if isinstance(end, StreamAbort):
+                return end
         try:
             runtime.admit(session)
         except AdmissionRejected as error:
@@ -238,15 +238,7 @@ class EmulatorService(emulator_pb2_grpc.EmulatorServicer):
                 )
                 if pause_s > 0:
                     await asyncio.sleep(pause_s)
-            items = await session.items.take_all()
-
-            times_s: list[float] = []
-            end: SessionEnd | StreamAbort | None = None
-            for item in items:
-                if isinstance(item, TokenBatch):
-                    times_s.extend(item.emulated_at_s)
-                else:
-                    end = item
+            times_s, end = await session.items.take_all()
             drop = _drop_now(session, sent_tokens, len(times_s), end)
             if drop is not None:
                 del times_s[drop.keep_tokens :]
@@ -323,17 +315,21 @@ def _chunk(
     first_index: int, times_s: list[float], arrival_s: float, vocab_size: int
 ) -> emulator_pb2.TokenChunk:
     """Build the chunk of tokens first_index, first_index + 1, ... made at times_s."""
-    indexes = range(first_index, first_index + len(times_s))
+    end_index = first_index + len(times_s)
     return emulator_pb2.TokenChunk(
         first_index=first_index,
-        token_ids=[_token_id(index, vocab_size) for index in indexes],
+        token_ids=[
+            (_FIRST_TOKEN_ID + index * _TOKEN_ID_STRIDE) % vocab_size
+            for index in range(first_index, end_index)
+        ],
         emulated_ms=[(at_s - arrival_s) * 1e3 for at_s in times_s],
     )
 
 
-def _token_id(index: int, vocab_size: int) -> int:
-    # Synthetic but deterministic ids, spread over the vocabulary.
-    return (1000 + index * 7919) % vocab_size
+# Synthetic but deterministic token ids, spread over the vocabulary: output
+# token i gets (_FIRST_TOKEN_ID + i x _TOKEN_ID_STRIDE) mod the vocabulary size.
+_FIRST_TOKEN_ID = 1000
+_TOKEN_ID_STRIDE = 7919
 
 
 @dataclass(frozen=True)
@@ -346,7 +342,7 @@ def _drop_now(
     session: RequestSession,
     sent_tokens: int,
     new_tokens: int,
-    end: SessionEnd | StreamAbort | None,
+    end: StreamEnd | None,
 ) -> _Drop | None:
     """Return how to cut the stream when its injected drop point is reached."""
     drop_after = session.drop_after_tokens

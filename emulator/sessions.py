@@ -3,14 +3,13 @@
 A `RequestSession` is the server's side of one stream. It receives the
 model's tokens through a sink per attempt, where a request restarted on
 another instance after a failure is a new attempt. It keeps the timings the
-summary needs and queues what the stream must send: token batches, the end
-of the request, or an abort with a gRPC status.
+summary needs and queues what the stream must send: token times, then the
+end of the request or an abort with a gRPC status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,17 +18,9 @@ import grpc
 
 from emulator.engine import RequestRecord, RequestSpec
 
-__all__ = ["ItemQueue", "RequestSession", "SessionEnd", "StreamAbort", "TokenBatch"]
+__all__ = ["RequestSession", "SessionEnd", "StreamAbort", "StreamEnd", "StreamQueue"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenBatch:
-    """Output tokens first_index, first_index + 1, ... with their emulated times."""
-
-    first_index: int
-    emulated_at_s: Sequence[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,43 +36,52 @@ class StreamAbort:
     details: str
 
 
-StreamItem = TokenBatch | SessionEnd | StreamAbort
+StreamEnd = SessionEnd | StreamAbort
 
 
-class ItemQueue:
-    """Unbounded queue of stream items with one consumer.
+class StreamQueue:
+    """What the model produced for one stream and the stream has not sent yet.
 
-    A lighter stand-in for asyncio.Queue, which every stream would create:
-    the model puts items from the event loop's thread, and the stream takes
-    them all at once.
+    Token times gather in one list, and the end of the stream, once set,
+    comes after all of them. The model adds from the event loop's thread at
+    every decode step; the stream takes everything at once when it sends a
+    chunk. A list rather than a queue of token batches, as a step adds one
+    or two tokens per stream.
     """
 
     def __init__(self) -> None:
-        self._items: collections.deque[StreamItem] = collections.deque()
+        self._times_s: list[float] = []
+        self._end: StreamEnd | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, item: StreamItem) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def add_times(self, emulated_at_s: Sequence[float]) -> None:
+        self._times_s.extend(emulated_at_s)
+        self._wake()
 
-    async def take_all(self) -> list[StreamItem]:
-        """Wait for at least one item; return every item queued, oldest first."""
-        while not self._items:
+    def set_end(self, end: StreamEnd) -> None:
+        self._end = end
+        self._wake()
+
+    async def take_all(self) -> tuple[list[float], StreamEnd | None]:
+        """Wait for a token or the end; return the token times and the end."""
+        while not self._times_s and self._end is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        items = list(self._items)
-        self._items.clear()
-        return items
+        return self.take_nowait()
 
-    def take_nowait(self) -> list[StreamItem]:
-        items = list(self._items)
-        self._items.clear()
-        return items
+    def take_nowait(self) -> tuple[list[float], StreamEnd | None]:
+        """Return the token times and the end queued so far, emptying the queue."""
+        times_s, self._times_s = self._times_s, []
+        end, self._end = self._end, None
+        return times_s, end
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class _AttemptSink:
@@ -111,7 +111,7 @@ class RequestSession:
 
     def __init__(self, spec: RequestSpec) -> None:
         self.spec = spec
-        self.items = ItemQueue()
+        self.items = StreamQueue()
         self.attempts: list[RequestRecord] = []
         self.tokens_emitted = 0
         self.first_token_s: float | None = None
@@ -168,19 +168,19 @@ class RequestSession:
             self.first_token_s = emulated_at_s[0]
         self.last_token_s = emulated_at_s[-1]
         self.tokens_emitted = first_index + len(emulated_at_s)
-        self.items.put(TokenBatch(first_index, emulated_at_s))
+        self.items.add_times(emulated_at_s)
 
     def finish(self) -> None:
         if not self.ended:
             self.ended = True
-            self.items.put(SessionEnd())
+            self.items.set_end(SessionEnd())
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         """End the stream with `code`; the model's state is the caller's job."""
         if not self.ended:
             self.ended = True
             logger.debug("request %s aborted: %s", self.spec.request_id, details)
-            self.items.put(StreamAbort(code, details))
+            self.items.set_end(StreamAbort(code, details))
 
     def add_fault(self, label: str) -> None:
         self.fault_labels[label] = None
