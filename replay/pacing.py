@@ -176,8 +176,9 @@ def _make_precise_clock(loop: asyncio.AbstractEventLoop) -> _PreciseClock:
     if api is not None:
         try:
             return _TimerFd(loop, api)
-        except OSError as error:
-            logger.debug("no timerfd (%s); using a timer thread", error)
+        except (OSError, NotImplementedError) as error:
+            # NotImplementedError: an event loop that cannot watch a file.
+            logger.debug("no timerfd (%r); using a timer thread", error)
     return _TimerThread(loop)
 
 
@@ -264,7 +265,11 @@ class _TimerFd:
         self._api = api
         self._fd = api.create()
         self._pending: tuple[asyncio.Future[None], Callable[[], None]] | None = None
-        loop.add_reader(self._fd, self._on_readable)
+        try:
+            loop.add_reader(self._fd, self._on_readable)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def call_at(
         self, due_at_s: float, callback: Callable[[], None]
