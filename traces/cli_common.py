@@ -30,6 +30,7 @@ __all__ = [
     "add_output_arguments",
     "atomic_output",
     "check_output",
+    "is_same_file",
     "progress_bar",
     "write_output",
 ]
@@ -54,6 +55,14 @@ def check_output(output: Path, force: bool) -> Path:
     if not output.parent.is_dir():
         raise TraceError(f"{output}: output folder {output.parent} does not exist")
     return output
+
+
+def is_same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name the same file (through links too) or would."""
+    try:
+        return first.samefile(second)
+    except OSError:  # one of them does not exist yet
+        return first.resolve() == second.resolve()
 
 
 @contextlib.contextmanager
