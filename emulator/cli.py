@@ -27,12 +27,21 @@ from emulator.profiles import (
 __all__ = ["register", "seed_value"]
 
 if TYPE_CHECKING:
-    from emulator.server import TlsFiles
+    from emulator.server import BindError
     from emulator.simulate import SimulationSummary
+    from emulator.tls import TlsFileError, TlsFiles
+    from replay.client import TlsConfig
 
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _HEALTH_TIMEOUT_S = 5.0
+# gRPC reports only "Socket closed" when a TLS server ends the connection
+# during the handshake, as it does for a plaintext client or, under mutual
+# TLS, for a client without a certificate.
+_SOCKET_CLOSED_HINT = (
+    "  the server closed the connection: if it serves TLS, connect with "
+    "--tls-ca, and under mutual TLS also with --tls-cert and --tls-key"
+)
 
 
 def seed_value(text: str) -> int:
@@ -208,7 +217,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from emulator.server import ServerOptions, run_server
+    from emulator.server import BindError, ServerOptions, run_server
 
     if not (args.time_scale > 0 and math.isfinite(args.time_scale)):
         raise ConfigError(
@@ -240,6 +249,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(run_server(profiles, options, seed=args.seed))
+    except BindError as error:
+        raise ConfigError(f"{_listener_option(args, error)}: {error}") from None
     except OSError as error:
         raise ConfigError(f"cannot serve on {args.host}: {error}") from None
     except FaultError as error:
@@ -264,8 +275,24 @@ def _check_serve_ports(args: argparse.Namespace) -> None:
         )
 
 
+def _listener_option(args: argparse.Namespace, error: BindError) -> str:
+    """Return the option, with its value, that set the address that failed."""
+    from emulator.server import Listener
+
+    if error.listener is Listener.METRICS:
+        if error.host_at_fault:
+            return f"--metrics-host {args.metrics_host}"
+        return f"--metrics-port {args.metrics_port}"
+    if error.host_at_fault:
+        return f"--host {args.host}"
+    if error.listener is Listener.CONTROL:
+        return f"--control-port {args.control_port}"
+    return f"--port {args.port}"
+
+
 def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
-    from emulator.server import TlsFiles
+    """Return the server's TLS files, checked; None for plaintext."""
+    from emulator.tls import TlsFileError, TlsFiles, TlsRole
 
     if args.tls_cert is None and args.tls_key is None:
         if args.tls_client_ca is not None:
@@ -273,11 +300,26 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
         return None
     if args.tls_cert is None or args.tls_key is None:
         raise ConfigError("--tls-cert and --tls-key must be given together")
-    return TlsFiles(
+    files = TlsFiles(
         cert_chain=Path(args.tls_cert),
         private_key=Path(args.tls_key),
         client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
     )
+    options = {
+        TlsRole.CERT_CHAIN: "--tls-cert",
+        TlsRole.PRIVATE_KEY: "--tls-key",
+        TlsRole.CA: "--tls-client-ca",
+    }
+    try:
+        files.check()
+    except TlsFileError as error:
+        raise _option_error(options[error.role], error) from None
+    return files
+
+
+def _option_error(option: str, error: TlsFileError) -> ConfigError:
+    """Restate a TLS file error with the command-line option that named it."""
+    return ConfigError(f"{option} {error.path}: {error.problem}")
 
 
 def _register_health(
@@ -302,11 +344,31 @@ def _register_health(
         help="service name to check; empty for the whole server "
         "(default: cmx.v1.Emulator)",
     )
-    parser.add_argument(
+    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
+    tls.add_argument(
         "--tls-ca",
+        type=Path,
         metavar="PEM",
         help="connect with TLS, trusting the CA certificates in this file "
-        "(default: plaintext)",
+        "(default: the system's CA certificates)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="client certificate chain for mutual TLS (with --tls-key)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="PEM",
+        help="client private key for mutual TLS (with --tls-cert)",
+    )
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="name to check the server's certificate against, when it differs "
+        "from the target's host",
     )
     parser.set_defaults(run=_run_health)
 
@@ -314,6 +376,8 @@ def _register_health(
 def _run_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from replay.client import open_sync_channel
 
     _, separator, port_text = args.target.rpartition(":")
     if not separator or not port_text.isdigit():
@@ -323,18 +387,7 @@ def _run_health(args: argparse.Namespace) -> int:
             "address with its port, for example 127.0.0.1:50051"
         )
 
-    if args.tls_ca is None:
-        channel = grpc.insecure_channel(args.target)
-    else:
-        try:
-            root_ca = Path(args.tls_ca).read_bytes()
-        except OSError as error:
-            raise ConfigError(
-                f"cannot read --tls-ca {args.tls_ca}: {error.strerror}"
-            ) from None
-        credentials = grpc.ssl_channel_credentials(root_certificates=root_ca)
-        channel = grpc.secure_channel(args.target, credentials)
-    with channel:
+    with open_sync_channel(args.target, _health_tls(args)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(
@@ -342,11 +395,47 @@ def _run_health(args: argparse.Namespace) -> int:
                 timeout=_HEALTH_TIMEOUT_S,
             )
         except grpc.RpcError as error:
-            print(f"{args.target}: health check failed: {error.code().name}")
+            code = error.code().name
+            details = error.details()
+            print(f"{args.target}: health check failed: {code}: {details}")
+            if details.endswith(": Socket closed"):
+                print(_SOCKET_CLOSED_HINT)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.target} {args.service or '(server)'}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _health_tls(args: argparse.Namespace) -> TlsConfig | None:
+    """Return the client TLS settings of `cmx health`, checked; None for plaintext."""
+    from emulator.tls import TlsFileError, TlsRole, check_ca_file, check_identity
+    from replay.client import TlsConfig
+
+    given = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    if all(value is None for value in given):
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError(
+            "--tls-cert and --tls-key must be given together for mutual TLS"
+        )
+    options = {
+        TlsRole.CERT_CHAIN: "--tls-cert",
+        TlsRole.PRIVATE_KEY: "--tls-key",
+        TlsRole.CA: "--tls-ca",
+    }
+    try:
+        if args.tls_ca is not None:
+            check_ca_file(args.tls_ca)
+        if args.tls_cert is not None:
+            check_identity(args.tls_cert, args.tls_key)
+    except TlsFileError as error:
+        raise _option_error(options[error.role], error) from None
+    return TlsConfig(
+        root_ca=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        server_name=args.tls_server_name,
+    )
 
 
 def _register_simulate(subparsers: _Subparsers) -> None:

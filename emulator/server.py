@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,18 +23,28 @@ from grpc_reflection.v1alpha import reflection
 
 from cmx.v1 import control_pb2_grpc, emulator_pb2, emulator_pb2_grpc
 from emulator.admission import AdmissionLimits
+from emulator.binding import (
+    BindError,
+    Listener,
+    bind_error,
+    bind_grpc,
+    format_address,
+)
 from emulator.control import ControlService
 from emulator.engine import NoInstanceAvailable, RequestSpec
-from emulator.errors import ConfigError, EmulatorError
+from emulator.errors import EmulatorError
 from emulator.faults import FailedInstancePolicy, FaultSpec
 from emulator.metrics import MetricsExporter, ServerStats, collect_metrics
 from emulator.profiles import Profiles
 from emulator.runtime import AdmissionRejected, PacedRuntime
 from emulator.sessions import RequestSession, StreamAbort, StreamEnd
+from emulator.tls import TlsFiles
 from emulator.validation import prompt_tokens, validate_request
 
 __all__ = [
+    "BindError",
     "EmulatorService",
+    "Listener",
     "PacedRuntime",
     "RunningEmulator",
     "ServerOptions",
@@ -65,31 +74,6 @@ _GRPC_OPTIONS = (
     # Without this, a second server on a busy port would share it silently.
     ("grpc.so_reuseport", 0),
 )
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of the server's TLS identity; a client CA turns on mutual TLS."""
-
-    cert_chain: Path
-    private_key: Path
-    client_ca: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        """Read the files; raises ConfigError naming one that cannot be read."""
-        ca = _read_pem(self.client_ca) if self.client_ca is not None else None
-        return grpc.ssl_server_credentials(
-            [(_read_pem(self.private_key), _read_pem(self.cert_chain))],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
-
-
-def _read_pem(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"cannot read TLS file {path}: {error.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -438,15 +422,25 @@ class RunningEmulator:
         await self.runtime.stop()
         return len(cut)
 
+    async def abandon(self) -> None:
+        """Stop whatever a failed start left running, without draining."""
+        await self.server.stop(None)
+        if self.control_server is not None:
+            await self.control_server.stop(None)
+        if self.metrics is not None:
+            self.metrics.close()
+        await self.runtime.stop()
+
 
 async def start_emulator(
     profiles: Profiles, options: ServerOptions, seed: int = 0
 ) -> RunningEmulator:
     """Create, bind and start the servers; return them with their ports.
 
-    Raises OSError when an address cannot be bound, ConfigError when a TLS
-    file cannot be read, and FaultError when the fault schedule does not fit
-    the deployment.
+    Raises BindError (an OSError) naming the listener whose address cannot
+    be bound, TlsFileError when a TLS file is missing or unusable, and
+    FaultError when the fault schedule does not fit the deployment. When
+    any step fails, the servers started so far are stopped first.
     """
     runtime = PacedRuntime(
         profiles,
@@ -478,31 +472,63 @@ async def start_emulator(
             services.append(CONTROL_SERVICE_NAME)
     _add_standard_services(server, health_servicer, services)
 
-    port = _bind(server, options.host, options.port, credentials)
-    running = RunningEmulator(server, port, runtime, service, stats, health_servicer)
+    running = RunningEmulator(server, 0, runtime, service, stats, health_servicer)
     if control_server is not None and control_server is not server:
-        assert options.control_port is not None
         running.control_server = control_server
-        running.control_port = _bind(
-            control_server, options.host, options.control_port, credentials
-        )
-    elif control_server is server:
-        running.control_port = port
+    try:
+        await _bind_and_start(running, options, credentials)
+    except BaseException:
+        # Stopped here, on the running loop, because a started gRPC server
+        # left for garbage collection after the loop closes prints a
+        # traceback from its __del__.
+        await running.abandon()
+        raise
+    return running
 
-    runtime.start()
-    await server.start()
+
+async def _bind_and_start(
+    running: RunningEmulator,
+    options: ServerOptions,
+    credentials: grpc.ServerCredentials | None,
+) -> None:
+    """Bind every listener of `running`, then start the servers and model."""
+    running.port = bind_grpc(
+        running.server, Listener.EMULATOR, options.host, options.port, credentials
+    )
+    if running.control_server is not None:
+        assert options.control_port is not None
+        running.control_port = bind_grpc(
+            running.control_server,
+            Listener.CONTROL,
+            options.host,
+            options.control_port,
+            credentials,
+        )
+    elif options.control_enabled:
+        running.control_port = running.port
+
+    running.runtime.start()
+    await running.server.start()
     if running.control_server is not None:
         await running.control_server.start()
     for name in ("", SERVICE_NAME, CONTROL_SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     if options.metrics_port is not None:
-        running.metrics = MetricsExporter(
-            options.metrics_host,
-            options.metrics_port,
+        running.metrics = _start_metrics(running, options)
+
+
+def _start_metrics(running: RunningEmulator, options: ServerOptions) -> MetricsExporter:
+    host, port = options.metrics_host, options.metrics_port
+    assert port is not None
+    try:
+        return MetricsExporter(
+            host,
+            port,
             asyncio.get_running_loop(),
-            lambda: collect_metrics(runtime, stats),
+            lambda: collect_metrics(running.runtime, running.stats),
         )
-    return running
+    except OSError as error:
+        raise bind_error(Listener.METRICS, host, port, error) from None
 
 
 def _add_standard_services(
@@ -517,25 +543,6 @@ def _add_standard_services(
         reflection.SERVICE_NAME,
     ]
     reflection.enable_server_reflection(names, server)
-
-
-def _bind(
-    server: grpc.aio.Server,
-    host: str,
-    port: int,
-    credentials: grpc.ServerCredentials | None,
-) -> int:
-    address = _format_address(host, port)
-    try:
-        if credentials is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, credentials)
-    except RuntimeError as error:
-        raise OSError(f"cannot bind {address}: {error}") from None
-    if bound == 0:
-        raise OSError(f"cannot bind {address}")
-    return int(bound)
 
 
 async def build_server(
@@ -553,18 +560,18 @@ async def build_server(
 async def run_server(profiles: Profiles, options: ServerOptions, seed: int = 0) -> None:
     """Serve until SIGINT or SIGTERM, then drain within `options.grace_s`."""
     running = await start_emulator(profiles, options, seed)
-    scheme = "TLS" if options.tls is not None else "plaintext"
+    scheme = _transport_name(options.tls)
     # The first line is read by scripts and tests that start with port 0.
     print(
-        f"cmx serve: listening on {_format_address(options.host, running.port)} "
+        f"cmx serve: listening on {format_address(options.host, running.port)} "
         f"(time scale {options.time_scale:g}, {scheme})",
         flush=True,
     )
     if running.control_server is not None and running.control_port is not None:
-        address = _format_address(options.host, running.control_port)
+        address = format_address(options.host, running.control_port)
         print(f"cmx serve: control service on {address}", flush=True)
     if running.metrics is not None:
-        address = _format_address(options.metrics_host, running.metrics.port)
+        address = format_address(options.metrics_host, running.metrics.port)
         print(f"cmx serve: Prometheus metrics on http://{address}/metrics", flush=True)
     logger.info("serving %s deployment %s", profiles.hardware.name, profiles.deployment)
 
@@ -581,5 +588,8 @@ async def run_server(profiles: Profiles, options: ServerOptions, seed: int = 0) 
     )
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _transport_name(tls: TlsFiles | None) -> str:
+    """Name the transport for the start banner: plaintext, TLS or mutual TLS."""
+    if tls is None:
+        return "plaintext"
+    return "mutual TLS" if tls.mutual else "TLS"

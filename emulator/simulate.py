@@ -53,6 +53,7 @@ from emulator.errors import ConfigError
 from emulator.profiles import Profiles, profiles_to_dict
 from emulator.records import RequestRecord, RequestSpec
 from emulator.timeseries import TimeSeriesRecorder
+from traces.cli_common import is_same_file
 from traces.errors import TraceFormatError
 from traces.results_schema import (
     RESULTS_SCHEMA,
@@ -125,6 +126,27 @@ class SimulationConfig:
             raise ConfigError(
                 f"output path {self.output_path} is a directory; give a file name"
             )
+        self._check_trace_kept()
+
+    def _check_trace_kept(self) -> None:
+        """Reject an output path whose results or companions replace the trace."""
+        for written in self.written_paths():
+            if not is_same_file(written, self.trace_path):
+                continue
+            if written == self.output_path:
+                problem = "is the input trace"
+            else:
+                problem = f"would write {written}, which is the input trace"
+            raise ConfigError(
+                f"output path {self.output_path} {problem}; choose another output path"
+            )
+
+    def written_paths(self) -> list[Path]:
+        """Return the files the run writes: results, profiles, time series."""
+        written = [self.output_path, companion_path(self.output_path, "profiles")]
+        if self.timeseries_interval_s is not None:
+            written.append(companion_path(self.output_path, "timeseries"))
+        return written
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
-"""`cmx serve` as a process: printed addresses and SIGTERM shutdown."""
+"""`cmx serve` as a process: banner, SIGTERM shutdown and start errors."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from cmx.v1 import control_pb2, control_pb2_grpc, emulator_pb2, emulator_pb2_grpc
+from tests.certificates import make_certificates
 
 _START_TIMEOUT_S = 30.0
 
@@ -99,3 +101,71 @@ def test_sigterm_drains_then_ends_open_streams(tmp_path: Path) -> None:
     assert "cmx serve: stopped (1 streams ended after the grace period)" in (
         log_path.read_text()
     )
+
+
+def run_serve_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `cmx serve` that is expected to fail at start; return its result."""
+    command = [sys.executable, "-m", "cmx", "serve", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=_START_TIMEOUT_S
+    )
+
+
+def test_busy_metrics_port_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_serve_to_exit("--port", "0", "--metrics-port", str(port))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"cmx: error: --metrics-port {port}: cannot serve Prometheus metrics on "
+        f"127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def test_busy_grpc_ports_are_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        main_port = run_serve_to_exit("--port", str(port))
+        control_port = run_serve_to_exit("--port", "0", "--control-port", str(port))
+    assert main_port.returncode == 2
+    assert main_port.stderr == (
+        f"cmx: error: --port {port}: cannot serve gRPC on 127.0.0.1:{port}: "
+        "Address already in use\n"
+    )
+    assert control_port.returncode == 2
+    assert control_port.stderr == (
+        f"cmx: error: --control-port {port}: cannot serve control service on "
+        f"127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def test_banner_names_mutual_tls(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    log_path = tmp_path / "serve.log"
+    process = start_serve(
+        log_path,
+        "--tls-cert",
+        str(certificates.server_cert),
+        "--tls-key",
+        str(certificates.server_key),
+        "--tls-client-ca",
+        str(certificates.ca_cert),
+    )
+    try:
+        text = wait_for_lines(process, log_path, 1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    banner = text.splitlines()[0]
+    assert re.fullmatch(
+        r"cmx serve: listening on 127\.0\.0\.1:\d+ \(time scale 1, mutual TLS\)",
+        banner,
+    ), banner

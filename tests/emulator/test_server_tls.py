@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import grpc
@@ -94,29 +95,159 @@ def test_unreadable_tls_file_is_config_error(tmp_path: Path) -> None:
     from emulator.errors import ConfigError
 
     tls = TlsFiles(cert_chain=tmp_path / "missing.pem", private_key=tmp_path / "k.pem")
-    with pytest.raises(ConfigError, match=r"cannot read TLS file .*k\.pem"):
+    with pytest.raises(ConfigError) as caught:
         tls.credentials()
+    assert str(caught.value) == (
+        f"certificate chain {tmp_path / 'missing.pem'}: no such file"
+    )
 
 
-def test_health_command_over_tls(
-    certificates: CertificateFiles, capsys: pytest.CaptureFixture[str]
-) -> None:
+def run_health(
+    tls: TlsFiles, commands: list[list[str]], port: int | None = None
+) -> tuple[list[int], str]:
+    """Serve with `tls`; run `cmx health --target TARGET` plus each option list.
+
+    Returns the exit statuses and the target. `port` set to a closed port
+    sends the checks there instead of to the emulator.
+    """
     from cmx.cli import main as cmx_main
 
     statuses: list[int] = []
+    targets: list[str] = []
 
     async def main() -> None:
-        options = ServerOptions(port=0, tls=server_tls(certificates, False))
-        running = await start_emulator(default_profiles(), options)
-        target = f"127.0.0.1:{running.port}"
+        running = await start_emulator(
+            default_profiles(), ServerOptions(port=0, tls=tls)
+        )
+        target = f"127.0.0.1:{port if port is not None else running.port}"
+        targets.append(target)
         try:
-            for extra in ([], ["--tls-ca", str(certificates.ca_cert)]):
+            for extra in commands:
                 command = ["health", "--target", target, *extra]
                 statuses.append(await asyncio.to_thread(cmx_main, command))
         finally:
             await running.shutdown(0)
 
     asyncio.run(main())
-    output = capsys.readouterr().out.splitlines()
+    return statuses, targets[0]
+
+
+def test_health_command_over_tls(
+    certificates: CertificateFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commands = [[], ["--tls-ca", str(certificates.ca_cert)]]
+    statuses, target = run_health(server_tls(certificates, False), commands)
     assert statuses == [1, 0]
-    assert output[1].endswith("cmx.v1.Emulator: SERVING")
+    assert capsys.readouterr().out.splitlines() == [
+        f"{target}: health check failed: UNAVAILABLE: failed to connect to all "
+        f"addresses; last error: UNAVAILABLE: ipv4:{target}: Socket closed",
+        "  the server closed the connection: if it serves TLS, connect with "
+        "--tls-ca, and under mutual TLS also with --tls-cert and --tls-key",
+        f"{target} cmx.v1.Emulator: SERVING",
+    ]
+
+
+def test_health_command_over_mutual_tls(
+    certificates: CertificateFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = ["--tls-ca", str(certificates.ca_cert)]
+    identity = [
+        "--tls-cert",
+        str(certificates.client_cert),
+        "--tls-key",
+        str(certificates.client_key),
+    ]
+    commands = [
+        ca,
+        [*ca, *identity],
+        [*ca, *identity, "--tls-server-name", "localhost"],
+        [*ca, *identity, "--tls-server-name", "wrong.example"],
+    ]
+    statuses, target = run_health(server_tls(certificates, True), commands)
+    assert statuses == [1, 0, 0, 1]
+
+    output = capsys.readouterr().out.splitlines()
+    assert len(output) == 5
+    assert output[0] == (
+        f"{target}: health check failed: UNAVAILABLE: failed to connect to all "
+        f"addresses; last error: UNAVAILABLE: ipv4:{target}: Socket closed"
+    )
+    assert output[1].startswith("  the server closed the connection")
+    assert output[2] == f"{target} cmx.v1.Emulator: SERVING"
+    assert output[3] == f"{target} cmx.v1.Emulator: SERVING"
+    assert output[4] == (
+        f"{target}: health check failed: UNAVAILABLE: failed to connect to all "
+        f"addresses; last error: UNKNOWN: ipv4:{target}: Custom verification "
+        "check failed with error: UNAUTHENTICATED: Hostname Verification Check "
+        "failed."
+    )
+
+
+def test_health_names_untrusted_server(
+    certificates: CertificateFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commands = [["--tls-ca", str(certificates.other_ca_cert)]]
+    statuses, target = run_health(server_tls(certificates, False), commands)
+    assert statuses == [1]
+    output = capsys.readouterr().out.splitlines()
+    assert len(output) == 1
+    # The rest of the line is BoringSSL's error text, which varies by version.
+    assert output[0].startswith(
+        f"{target}: health check failed: UNAVAILABLE: failed to connect to all "
+        f"addresses; last error: UNKNOWN: ipv4:{target}: Tls handshake failed"
+    )
+    assert "CERTIFICATE_VERIFY_FAILED" in output[0]
+
+
+def test_health_names_refused_connection(
+    certificates: CertificateFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    statuses, _ = run_health(server_tls(certificates, False), [[]], closed_port)
+    assert statuses == [1]
+    output = capsys.readouterr().out.splitlines()
+    assert output == [
+        f"127.0.0.1:{closed_port}: health check failed: UNAVAILABLE: failed to "
+        "connect to all addresses; last error: UNKNOWN: "
+        f"ipv4:127.0.0.1:{closed_port}: Failed to connect to remote host: "
+        "Connection refused"
+    ]
+
+
+def test_health_tls_file_errors(
+    certificates: CertificateFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cmx.cli import main as cmx_main
+
+    target = ["health", "--target", "127.0.0.1:1"]
+    missing = tmp_path / "missing.pem"
+    cases = [
+        (["--tls-ca", str(missing)], f"--tls-ca {missing}: no such file"),
+        (
+            ["--tls-ca", str(certificates.client_key)],
+            f"--tls-ca {certificates.client_key}: not a PEM certificate",
+        ),
+        (
+            ["--tls-cert", str(certificates.client_cert)],
+            "--tls-cert and --tls-key must be given together for mutual TLS",
+        ),
+        (
+            [
+                "--tls-cert",
+                str(certificates.client_cert),
+                "--tls-key",
+                str(certificates.server_key),
+            ],
+            f"--tls-key {certificates.server_key}: the key does not match the "
+            f"certificate in {certificates.client_cert}",
+        ),
+    ]
+    for options, message in cases:
+        assert cmx_main([*target, *options]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"cmx: error: {message}\n"
+        assert captured.out == ""

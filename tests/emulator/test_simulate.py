@@ -127,6 +127,53 @@ def test_unsorted_trace_is_rejected(
     assert not output.exists()
 
 
+def test_simulate_rejects_trace_as_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = small_trace(tmp_path, [("a", 0.0, 100, 5)])
+    before = trace.read_bytes()
+    assert main(["simulate", str(trace), "-o", str(trace)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"cmx: error: output path {trace} is the input trace; choose another "
+        "output path\n"
+    )
+    assert trace.read_bytes() == before
+
+
+def test_simulate_rejects_trace_through_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = small_trace(tmp_path, [("a", 0.0, 100, 5)])
+    link = tmp_path / "link.parquet"
+    link.symlink_to(trace)
+    assert main(["simulate", str(trace), "-o", str(link)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"cmx: error: output path {link} is the input trace; choose another "
+        "output path\n"
+    )
+
+
+def test_simulate_rejects_companion_over_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = small_trace(tmp_path, [("a", 0.0, 100, 5)])
+    named = trace.rename(tmp_path / "run.timeseries.parquet")
+    output = tmp_path / "run.parquet"
+    assert main(["simulate", str(named), "-o", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"cmx: error: output path {output} would write {named}, which is the "
+        "input trace; choose another output path\n"
+    )
+    assert not output.exists()
+    # Without a time series the same output path leaves the trace alone.
+    command = ["simulate", str(named), "-o", str(output)]
+    assert main([*command, "--timeseries-interval-s", "0"]) == 0
+    assert pq.read_table(named).num_rows == 1
+
+
 def test_bench_prints_paper_rows_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     decode = ["bench", "decode", "--input-tokens", "4096", "--output-tokens", "256"]
     assert main([*decode, "--tpot-slo-ms", "50", "--json"]) == 0
