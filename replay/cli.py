@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "and write one result row per request to Parquet. Ctrl-C stops "
             "sending and keeps the results; a second Ctrl-C cancels the requests "
             "still running. Durations of the window are in seconds of trace "
-            "time, counted from the trace's first arrival."
+            "time, counted from the trace's first arrival. Exit status: 0 when "
+            "the run completed, even if requests failed (their status and error "
+            "are in the results and the summary); 130 after Ctrl-C; 2 for "
+            "invalid options, a bad trace or a target that cannot be reached."
         ),
     )
     parser.add_argument("trace", type=Path, metavar="TRACE.parquet", help="trace file")
@@ -62,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--duration-s",
         type=float,
         metavar="S",
-        help="send only requests that arrive within S seconds of the window start",
+        help="send only requests that arrive less than S seconds after the window "
+        "start: the window includes its start and excludes its end",
     )
     parser.add_argument(
         "--limit",
@@ -210,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if args.json:
         print(json.dumps(summary.metrics.to_dict(), indent=2))
+    # Failed requests are results to analyse, so a completed run exits 0.
     return EXIT_INTERRUPTED if summary.interrupted else 0
 
 
@@ -239,9 +244,12 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig | None:
 
 def _print_summary(summary: ReplaySummary) -> None:
     ended = "interrupted" if summary.interrupted else "done"
+    cancelled = ""
+    if summary.cancelled:
+        cancelled = f", {summary.cancelled} cancelled by Ctrl-C"
     print(
-        f"replay {ended}: sent {summary.sent} requests, {summary.failed} failed; "
-        f"wrote {summary.rows_written} rows to {summary.output_path}",
+        f"replay {ended}: sent {summary.sent} requests, {summary.failed} failed"
+        f"{cancelled}; wrote {summary.rows_written} rows to {summary.output_path}",
         file=sys.stderr,
     )
     for line in format_summary(summary.metrics):

@@ -35,7 +35,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cmx.v1 import emulator_pb2, emulator_pb2_grpc
 from replay.errors import ReplayError
-from replay.results import STATUS_OK, EmulatedLatencies, emulated_latencies
+from replay.results import (
+    ERROR_CANCELLED_BY_REPLAYER,
+    STATUS_OK,
+    EmulatedLatencies,
+    emulated_latencies,
+)
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -437,7 +442,7 @@ async def _read_attempt(
     except asyncio.CancelledError:
         call.cancel()
         logger.debug("request %s cancelled by the caller", request.request_id)
-        return attempt.outcome(STATUS_CANCELLED, "cancelled by the replayer")
+        return attempt.outcome(STATUS_CANCELLED, ERROR_CANCELLED_BY_REPLAYER)
     return attempt.outcome(STATUS_OK, None, await call.trailing_metadata())
 
 

@@ -380,12 +380,24 @@ def _timerfd_api() -> _TimerFdApi | None:
         return None
 
 
-class LagMonitor:
-    """Counts sends later than `threshold_ms` and logs a warning about them.
+# A report claims that the machine cannot keep up only when more than this
+# share of the sends since the previous report were late, and more than one.
+# It also claims so after this many late sends in a row, each later than the
+# one before, because that is how a growing backlog shows.
+_BEHIND_SHARE = 0.01
+_BEHIND_RISING_RUN = 5
 
-    At most one warning is logged every `interval_s` seconds of `clock`. It
-    gives the number of sends late since the last warning and the worst one.
-    `late_sends` and `worst_ms` cover the whole run.
+
+class LagMonitor:
+    """Counts sends later than `threshold_ms` and reports them in log warnings.
+
+    A report is logged `interval_s` seconds of `clock` after the first late
+    send since the previous report, or at `flush`, so at most one every
+    `interval_s`. It gives the number of late sends among the sends since
+    the previous report and the worst lateness. It claims that the machine
+    cannot keep up only when the late sends are more than 1% of those sends
+    (and more than one), or when 5 late sends in a row each started later
+    than the one before. `late_sends` and `worst_ms` cover the whole run.
     """
 
     def __init__(
@@ -400,42 +412,81 @@ class LagMonitor:
         self._description = description
         self._interval_s = interval_s
         self._clock = clock
-        self._last_warning_at_s: float | None = None
-        self._sends_since_warning = 0
-        self._late_since_warning = 0
-        self._worst_since_warning_ms = 0.0
+        # When the first late send since the last report happened, if any.
+        self._first_late_at_s: float | None = None
+        self._sends_since_report = 0
+        self._late_since_report = 0
+        self._worst_since_report_ms = 0.0
+        self._previous_lateness_ms: float | None = None
+        self._rising_run = 0
+        self._longest_rising_run = 0
         self.sends = 0
         self.late_sends = 0
         self.worst_ms = 0.0
 
     def record(self, lateness_ms: float) -> None:
-        """Record one send's lateness in ms, warning when it is due."""
+        """Record one send's lateness in ms, logging a report when one is due."""
         self.sends += 1
-        self._sends_since_warning += 1
+        self._sends_since_report += 1
         self.worst_ms = max(self.worst_ms, lateness_ms)
-        if lateness_ms <= self.threshold_ms:
-            return
+        if lateness_ms > self.threshold_ms:
+            self._record_late(lateness_ms)
+        else:
+            self._previous_lateness_ms = None
+            self._rising_run = 0
 
-        self.late_sends += 1
-        self._late_since_warning += 1
-        self._worst_since_warning_ms = max(self._worst_since_warning_ms, lateness_ms)
-        now_s = self._clock()
         if (
-            self._last_warning_at_s is not None
-            and now_s - self._last_warning_at_s < self._interval_s
+            self._first_late_at_s is not None
+            and self._clock() - self._first_late_at_s >= self._interval_s
         ):
-            return
-        logger.warning(
-            "replay is behind schedule: %d of the last %d sends started more than "
-            "%g ms late (worst %.1f ms). This machine cannot keep up with %s, so "
-            "requests reach the target later than the trace says",
-            self._late_since_warning,
-            self._sends_since_warning,
-            self.threshold_ms,
-            self._worst_since_warning_ms,
-            self._description,
+            self._report()
+
+    def flush(self) -> None:
+        """Log the report of the late sends not yet reported, if there are any."""
+        if self._late_since_report:
+            self._report()
+
+    def _record_late(self, lateness_ms: float) -> None:
+        self.late_sends += 1
+        self._late_since_report += 1
+        self._worst_since_report_ms = max(self._worst_since_report_ms, lateness_ms)
+        if self._first_late_at_s is None:
+            self._first_late_at_s = self._clock()
+
+        previous_ms = self._previous_lateness_ms
+        if previous_ms is not None and lateness_ms > previous_ms:
+            self._rising_run += 1
+        else:
+            self._rising_run = 1
+        self._previous_lateness_ms = lateness_ms
+        self._longest_rising_run = max(self._longest_rising_run, self._rising_run)
+
+    def _report(self) -> None:
+        late, sends = self._late_since_report, self._sends_since_report
+        behind = (late > 1 and late > _BEHIND_SHARE * sends) or (
+            self._longest_rising_run >= _BEHIND_RISING_RUN
         )
-        self._last_warning_at_s = now_s
-        self._sends_since_warning = 0
-        self._late_since_warning = 0
-        self._worst_since_warning_ms = 0.0
+        if behind:
+            logger.warning(
+                "replay is behind schedule: %d of the last %d sends started more "
+                "than %g ms late (worst %.1f ms). This machine cannot keep up with "
+                "%s, so requests reach the target later than the trace says",
+                late,
+                sends,
+                self.threshold_ms,
+                self._worst_since_report_ms,
+                self._description,
+            )
+        else:
+            logger.warning(
+                "%d of the last %d sends started more than %g ms late (worst %.1f ms)",
+                late,
+                sends,
+                self.threshold_ms,
+                self._worst_since_report_ms,
+            )
+        self._first_late_at_s = None
+        self._sends_since_report = 0
+        self._late_since_report = 0
+        self._worst_since_report_ms = 0.0
+        self._longest_rising_run = self._rising_run

@@ -48,9 +48,11 @@ from traces.results_schema import (
 )
 
 __all__ = [
+    "ERROR_CANCELLED_BY_REPLAYER",
     "PARTS_SUFFIX",
     "RESULTS_SCHEMA",
     "SCHEMA_VERSION",
+    "STATUS_CANCELLED",
     "STATUS_OK",
     "METADATA_PREFIX",
     "RUN_CONFIG_KEY",
@@ -59,6 +61,7 @@ __all__ = [
     "ResultRow",
     "ResultsWriter",
     "emulated_latencies",
+    "is_cancelled_by_replayer",
     "parts_dir_for",
 ]
 
@@ -66,6 +69,12 @@ logger = logging.getLogger(__name__)
 
 PARTS_SUFFIX = ".parts"
 METADATA_PREFIX = "cmx.results."
+
+# Status and error of a row whose call the replayer cancelled itself, which
+# it does only when a run stops early (Ctrl-C, or an error that ends the
+# run). The summary counts these rows apart from the failures.
+STATUS_CANCELLED = "CANCELLED"
+ERROR_CANCELLED_BY_REPLAYER = "cancelled by the replayer"
 
 _MERGED_ROW_GROUP_ROWS = 65536
 _COMPRESSION = "zstd"
@@ -111,6 +120,11 @@ class ResultRow:
     cached_tokens_pool: int | None = None
     cache_load_ms: float | None = None
     faults: tuple[str, ...] = ()
+
+
+def is_cancelled_by_replayer(status: str, error: str | None) -> bool:
+    """Whether a row's status and error show that the replayer cancelled it."""
+    return status == STATUS_CANCELLED and error == ERROR_CANCELLED_BY_REPLAYER
 
 
 def parts_dir_for(path: str | Path) -> Path:

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import platform
+import re
 import signal
 import sys
 import time
@@ -37,11 +38,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from cmx import __version__
-from cmx.v1 import emulator_pb2_grpc
+from cmx.v1 import control_pb2, control_pb2_grpc, emulator_pb2_grpc
 from replay.client import Outcome, StartedCall, TlsConfig, generate, open_channel
 from replay.errors import ReplayError
 from replay.metrics import (
@@ -54,7 +56,12 @@ from replay.metrics import (
     normalized_latency_ms,
 )
 from replay.pacing import DEFAULT_HANDOFF_S, LagMonitor, Pacer
-from replay.results import STATUS_OK, ResultRow, ResultsWriter
+from replay.results import (
+    STATUS_OK,
+    ResultRow,
+    ResultsWriter,
+    is_cancelled_by_replayer,
+)
 from replay.schedule import (
     ScheduledRequest,
     ScheduleWindow,
@@ -63,6 +70,7 @@ from replay.schedule import (
     plan_schedule,
 )
 from replay.summary import RunMetrics, summarize_results
+from traces.cli_common import is_same_file
 
 __all__ = [
     "Interrupt",
@@ -70,6 +78,7 @@ __all__ = [
     "ReplaySummary",
     "build_row",
     "parse_target",
+    "read_server_time_scale",
     "replay",
     "run_replay",
     "software_versions",
@@ -99,7 +108,8 @@ class ReplayConfig:
     wait for their due instant on a precise clock (see `replay.pacing`): a
     timerfd on Linux, elsewhere a timer thread for the last
     `timer_handoff_s`; `timer_handoff_s` 0 uses only the event loop's
-    timers. `tls` connects with TLS (None: plaintext).
+    timers. `tls` connects with TLS (None: plaintext). An `output_path`
+    that is the trace file, or a link to it, is rejected.
     """
 
     trace_path: Path
@@ -123,6 +133,12 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         parse_target(self.target)
+        if is_same_file(self.output_path, self.trace_path):
+            raise ReplayError(
+                f"output {self.output_path} and trace {self.trace_path} are the "
+                "same file, so the results would replace the trace; choose "
+                "another -o"
+            )
         _check_positive("speedup", self.speedup, "1 replays at trace speed")
         _ = self.window  # building the window checks its fields
         if self.timeout_s is not None:
@@ -157,8 +173,14 @@ class ReplayConfig:
             cooldown_s=self.cooldown_s,
         )
 
-    def to_metadata(self, started_at: datetime) -> dict[str, object]:
-        """Return the run description stored in the results file metadata."""
+    def to_metadata(
+        self, started_at: datetime, server_time_scale: float | None = None
+    ) -> dict[str, object]:
+        """Return the run description stored in the results file metadata.
+
+        `server_time_scale` is the target's emulated seconds per wall second,
+        None when the target did not report it.
+        """
         return {
             "trace_path": str(self.trace_path),
             "target": self.target,
@@ -178,12 +200,17 @@ class ReplayConfig:
             "tls": None if self.tls is None else self.tls.describe(),
             "started_at": started_at.isoformat(),
             "cmx_version": __version__,
+            "server_time_scale": server_time_scale,
         }
 
 
 @dataclass(frozen=True)
 class ReplaySummary:
-    """Counts of a finished or interrupted run, and its summary figures."""
+    """Counts of a finished or interrupted run, and its summary figures.
+
+    `failed` counts requests that did not end ok, except those that the
+    replayer cancelled after a stop request, which `cancelled` counts.
+    """
 
     output_path: Path
     rows_written: int
@@ -192,6 +219,7 @@ class ReplaySummary:
     interrupted: bool
     metrics: RunMetrics
     late_sends: int = 0
+    cancelled: int = 0
 
 
 class Interrupt:
@@ -326,8 +354,10 @@ async def replay(
     still written. The progress bar goes to stderr, by default only when it
     is a terminal. Raises TraceFormatError for an unreadable or unsorted
     trace, and ReplayError when the target cannot be reached in time, the
-    window measures nothing or the output path cannot be written (see
-    `ResultsWriter`).
+    window contains no request or measures nothing, or the output path
+    cannot be written (see `ResultsWriter`). Logs a warning when the
+    target's time scale, read from its Control service, differs from the
+    speed-up.
     """
     interrupt = interrupt or Interrupt()
     if show_progress is None:
@@ -340,6 +370,8 @@ async def replay(
     channel = open_channel(config.target, config.tls)
     try:
         await _wait_for_connection(channel, config)
+        server_time_scale = await read_server_time_scale(channel)
+        _warn_if_time_scale_differs(config.speedup, server_time_scale)
         started_at = datetime.now(timezone.utc)
         # NOTE: the emulator's hardware and model profiles are not stored,
         # because the wire contract has no call that returns them yet.
@@ -350,7 +382,7 @@ async def replay(
         with (
             ResultsWriter(
                 config.output_path,
-                config.to_metadata(started_at),
+                config.to_metadata(started_at, server_time_scale),
                 metadata=metadata,
                 flush_interval_s=config.flush_interval_s,
             ) as writer,
@@ -377,6 +409,7 @@ async def replay(
         interrupted=interrupt.stop_sending.is_set(),
         metrics=metrics,
         late_sends=run.lag_monitor.late_sends,
+        cancelled=run.cancelled,
     )
     logger.info("replay finished: %s", summary)
     return summary
@@ -454,6 +487,7 @@ class _Run:
         self.sent = 0
         self.finished = 0
         self.failed = 0
+        self.cancelled = 0
 
     async def execute(self) -> None:
         """Send every request on schedule, then wait for all of them to end."""
@@ -467,6 +501,7 @@ class _Run:
         finally:
             # Also after an error or cancellation, so that rows still get written.
             pacer.close()
+            self.lag_monitor.flush()
             await self._drain()
             self._done.set()
             await flusher
@@ -575,7 +610,9 @@ class _Run:
         )
         self._writer.append(row, flush=False)
         self.finished += 1
-        if outcome.status != STATUS_OK:
+        if is_cancelled_by_replayer(outcome.status, outcome.error):
+            self.cancelled += 1
+        elif outcome.status != STATUS_OK:
             self.failed += 1
         self._report_progress()
 
@@ -627,14 +664,128 @@ class _Run:
 
 
 async def _wait_for_connection(channel: grpc.aio.Channel, config: ReplayConfig) -> None:
+    """Wait until `channel` is ready; raise ReplayError saying why it is not.
+
+    When the channel is not ready within the connect timeout, one health
+    check without wait_for_ready returns gRPC's own reason, such as a
+    refused connection or a failed TLS handshake, for the message. When the
+    server replies to that check, even with an error status, the connection
+    came up late and the run goes on.
+    """
     try:
         await asyncio.wait_for(channel.channel_ready(), config.connect_timeout_s)
+        return
     except asyncio.TimeoutError:
-        raise ReplayError(
-            f"could not connect to {config.target} within "
-            f"{config.connect_timeout_s:g} s; check that the emulator is running "
-            "and listening at that address"
-        ) from None
+        pass
+
+    reason = await _connection_failure(channel)
+    if reason is None:
+        logger.info("connected to %s after the connect timeout", config.target)
+        return
+    message = (
+        f"could not connect to {config.target} within "
+        f"{config.connect_timeout_s:g} s: {reason}. "
+    )
+    if config.tls is None:
+        message += (
+            "Check that the emulator is running and listening at that address, "
+            "and connect with --tls-ca if it serves TLS"
+        )
+    else:
+        message += (
+            f"The TLS settings ({_tls_options(config.tls)}) may be the cause: "
+            "check that the server serves TLS with a certificate signed by the "
+            "trusted CA for that name, and, if it requires client certificates, "
+            "that it trusts the CA of --tls-cert"
+        )
+    raise ReplayError(message)
+
+
+# Deadline of the health check that reads gRPC's reason for a channel that
+# is not ready, and of the call that reads the server's time scale.
+_DIAGNOSIS_TIMEOUT_S = 2.0
+# gRPC's details of a failed connection start with this, then the status and
+# address of the last attempt, as in (grpcio 1.85) "failed to connect to all
+# addresses; last error: UNKNOWN: ipv4:127.0.0.1:50051: Connection refused".
+_LAST_ERROR = re.compile(
+    r"^failed to connect to all addresses; last error: (?:[A-Z_]+: )?"
+    r"(?:(?:ipv4|ipv6|unix):\S+: )?"
+)
+
+
+async def _connection_failure(channel: grpc.aio.Channel) -> str | None:
+    """Return gRPC's reason why `channel` cannot connect, None if it can."""
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        await health.Check(
+            health_pb2.HealthCheckRequest(), timeout=_DIAGNOSIS_TIMEOUT_S
+        )
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no answer within another {_DIAGNOSIS_TIMEOUT_S:g} s"
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return None  # the server replied, if only to reject the check
+        details = _LAST_ERROR.sub("", error.details() or "")
+        return details.removesuffix(": OK") or "unavailable, with no details"
+    return None
+
+
+def _tls_options(tls: TlsConfig) -> str:
+    """Name the TLS options that a run was given, with their values."""
+    given = [
+        f"{option} {value}"
+        for option, value in (
+            ("--tls-ca", tls.root_ca),
+            ("--tls-cert", tls.client_cert),
+            ("--tls-key", tls.client_key),
+            ("--tls-server-name", tls.server_name),
+        )
+        if value is not None
+    ]
+    return ", ".join(given) if given else "--tls, with the system's CA certificates"
+
+
+async def read_server_time_scale(channel: grpc.aio.Channel) -> float | None:
+    """Return the target's time scale from its Control service, or None.
+
+    The Control service may be turned off or served on another port, so a
+    failed call is logged at debug level only.
+    """
+    control = control_pb2_grpc.ControlStub(channel)
+    try:
+        config = await control.GetConfig(
+            control_pb2.GetConfigRequest(), timeout=_DIAGNOSIS_TIMEOUT_S
+        )
+    except grpc.aio.AioRpcError as error:
+        logger.debug(
+            "cannot read the target's time scale: %s %s",
+            error.code().name,
+            error.details(),
+        )
+        return None
+    return float(config.time_scale)
+
+
+def _warn_if_time_scale_differs(speedup: float, time_scale: float | None) -> None:
+    if time_scale is None or math.isclose(time_scale, speedup, rel_tol=1e-9):
+        return
+    load_factor = speedup / time_scale
+    logger.warning(
+        "the server's time scale is %g but the speed-up is %g: requests arrive "
+        "%g times faster than in the trace while emulated time runs %g times "
+        "faster than the wall clock, so the emulator serves %.3g times the "
+        "trace's load and its latencies and rates are those of that load. To "
+        "replay the trace's own load, pass --speedup %g or set the server's time "
+        "scale to %g (cmx serve --time-scale, or Control/SetTimeScale)",
+        time_scale,
+        speedup,
+        speedup,
+        time_scale,
+        load_factor,
+        time_scale,
+        speedup,
+    )
 
 
 async def _first_of(*waits: Awaitable[object], timeout_s: float | None = None) -> None:

@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 _READ_BATCH_ROWS = 16_384
 _CONVERT_SLICE_ROWS = 128
 _HASH_CHUNK_BYTES = 1 << 20
+# Every Parquet file starts (and ends) with these 4 bytes.
+_PARQUET_MAGIC = b"PAR1"
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,13 @@ def plan_schedule(
 ) -> TracePlan:
     """Read the arrival column and hash the file; return what will be sent.
 
-    Raises TraceFormatError when the file is not a canonical trace, has an
+    Raises TraceFormatError when the file is not a canonical trace (with a
+    pointer to `cmx trace import` when it is not Parquet at all), has an
     arrival that is not finite, or is not sorted by `arrival_ms`, and
-    ReplayError when warm-up and cool-down leave no request to measure.
+    ReplayError when the window contains no request or warm-up and
+    cool-down leave no request to measure.
     """
+    _check_parquet_magic(trace_path)
     trace_metadata = read_trace_metadata(trace_path)
     arrivals = _ArrivalScan(window)
     parquet_file = pq.ParquetFile(str(trace_path))
@@ -187,6 +192,7 @@ def plan_schedule(
         measured_from_ms=window_start_ms + window.warmup_s * 1000.0,
         measured_to_ms=measured_to_ms,
     )
+    _check_window_not_empty(plan, window, arrivals.last_ms)
     _check_something_measured(plan, window)
     logger.info("schedule: %s", plan.describe())
     return plan
@@ -254,6 +260,7 @@ class _ArrivalScan:
         self._rows_seen = 0
         self._previous_ms = -math.inf
         self.first_ms: float | None = None
+        self.last_ms: float | None = None
         self.in_window = 0
         self.last_in_window_ms: float | None = None
 
@@ -265,6 +272,7 @@ class _ArrivalScan:
             self.first_ms = float(arrivals_ms[0])
         self._rows_seen += len(arrivals_ms)
         self._previous_ms = float(arrivals_ms[-1])
+        self.last_ms = self._previous_ms
 
         start_ms = self.first_ms + self._window.start_s * 1000.0
         end_ms = _window_end_ms(start_ms, self._window)
@@ -302,6 +310,52 @@ def _window_end_ms(window_start_ms: float, window: ScheduleWindow) -> float:
     if window.duration_s is None:
         return math.inf
     return window_start_ms + window.duration_s * 1000.0
+
+
+def _check_parquet_magic(trace_path: Path) -> None:
+    """Reject a file that does not start as Parquet does, such as a CSV source.
+
+    A missing file is left to `read_trace_metadata`, which names it.
+    """
+    try:
+        with open(trace_path, "rb") as trace_file:
+            head = trace_file.read(len(_PARQUET_MAGIC))
+    except OSError:
+        return
+    if head != _PARQUET_MAGIC:
+        raise TraceFormatError(
+            str(trace_path),
+            "not a Parquet file; replay reads canonical trace Parquet, so "
+            "convert a CSV or JSON lines source first with 'cmx trace import "
+            "--format FORMAT SOURCE -o TRACE.parquet'",
+        )
+
+
+def _check_window_not_empty(
+    plan: TracePlan, window: ScheduleWindow, last_arrival_ms: float | None
+) -> None:
+    """Raise ReplayError, giving the trace's time span, for an empty window."""
+    if plan.planned_requests > 0:
+        return
+    if last_arrival_ms is None:
+        raise ReplayError(f"trace {plan.trace_path} has no requests to replay")
+
+    window_end = "the end of the trace"
+    if window.duration_s is not None:
+        window_end = f"{_seconds(window.start_s + window.duration_s)} s"
+    span_s = (last_arrival_ms - plan.first_arrival_ms) / 1000.0
+    raise ReplayError(
+        f"the window from {_seconds(window.start_s)} s to {window_end} after "
+        f"the first arrival contains no request: the {plan.trace_rows:,} "
+        f"requests of {plan.trace_path} arrive from 0 to {_seconds(span_s)} s "
+        "after the first (trace time); choose --start-s and --duration-s "
+        "within that span"
+    )
+
+
+def _seconds(value_s: float) -> str:
+    """Format seconds with up to 3 decimals and no exponent: 3600, 0.05."""
+    return f"{value_s:,.3f}".rstrip("0").rstrip(".")
 
 
 def _check_something_measured(plan: TracePlan, window: ScheduleWindow) -> None:

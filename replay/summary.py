@@ -15,11 +15,16 @@ memory and uses the same definitions as any later query (docs/metrics.md):
   second of that window. Goodput counts only those with `slo_met`. Rates per
   second of trace time divide the wall rate by the speed-up.
 - Percentiles interpolate linearly between ranks (`quantile_cont`).
+- Failures: rows whose status is not ok, except the calls that the replayer
+  cancelled itself after a stop request (Ctrl-C), which are counted as
+  cancelled. Per status, the summary gives the row count and the most
+  common error text.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +33,19 @@ from typing import Any
 import duckdb
 
 from replay.metrics import Slo
-from replay.results import STATUS_OK
+from replay.results import (
+    ERROR_CANCELLED_BY_REPLAYER,
+    STATUS_CANCELLED,
+    STATUS_OK,
+)
 
-__all__ = ["LATENCY_METRICS", "RunMetrics", "format_summary", "summarize_results"]
+__all__ = [
+    "LATENCY_METRICS",
+    "RunMetrics",
+    "StatusCount",
+    "format_summary",
+    "summarize_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +54,13 @@ LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms")
 _MEASURED = "measured IS NOT FALSE"
 _MEASURED_OK = f"{_MEASURED} AND status = $ok"
 _SENDER_LAG = "send_lag_ms - coalesce(concurrency_wait_ms, 0)"
+_CANCELLED_BY_REPLAYER = "(status = $cancelled AND error IS NOT DISTINCT FROM $stopped)"
 
 SUMMARY_SQL = f"""
 SELECT
     count(*) AS requests,
-    count(*) FILTER (WHERE status <> $ok) AS failed,
+    count(*) FILTER (WHERE status <> $ok AND NOT {_CANCELLED_BY_REPLAYER}) AS failed,
+    count(*) FILTER (WHERE {_CANCELLED_BY_REPLAYER}) AS cancelled,
     quantile_cont(send_lag_ms, $quantiles) AS send_lag_ms,
     max(send_lag_ms) AS send_lag_ms_max,
     quantile_cont({_SENDER_LAG}, $quantiles) AS sender_lag_ms,
@@ -63,7 +80,45 @@ SELECT
 FROM read_parquet($path)
 """
 
+# Rows per status, leaving out the calls cancelled by the replayer, with the
+# most common error text of each status (ties go to the first text in sort
+# order, so the summary is the same on every run).
+STATUS_SQL = f"""
+WITH per_error AS (
+    SELECT status, error, count(*) AS requests
+    FROM read_parquet($path)
+    WHERE NOT {_CANCELLED_BY_REPLAYER}
+    GROUP BY status, error
+)
+SELECT
+    status,
+    sum(requests)::BIGINT AS requests,
+    first(error ORDER BY error IS NULL, requests DESC, error) AS most_common_error,
+    first(requests ORDER BY error IS NULL, requests DESC, error)
+        AS most_common_error_requests
+FROM per_error
+GROUP BY status
+ORDER BY status = $ok DESC, requests DESC, status
+"""
+
 _QUANTILES = (0.5, 0.99)
+# Maximum length of the error text kept per status, in characters.
+_MAX_ERROR_CHARS = 160
+
+
+@dataclass(frozen=True)
+class StatusCount:
+    """Rows with one status, and the most common error text among them.
+
+    `most_common_error` has each run of whitespace made one space and is
+    cut to at most 160 characters. It is None when no row of the status has
+    an error text, as for ok rows.
+    """
+
+    status: str
+    requests: int
+    most_common_error: str | None
+    most_common_error_requests: int
 
 
 @dataclass(frozen=True)
@@ -72,11 +127,16 @@ class RunMetrics:
 
     Lags and latencies are in ms, `window_s` in wall seconds, rates per wall
     second unless named `*_per_trace_s`. `kept_up` is whether the sender's
-    own p99 lag stayed within `lag_threshold_ms`.
+    own p99 lag stayed within `lag_threshold_ms`. `failed` counts rows not
+    ok, except the `cancelled` ones that the replayer cancelled after a stop
+    request. `statuses` breaks down every other row by status, ok first,
+    then by count.
     """
 
     requests: int
     failed: int
+    cancelled: int
+    statuses: tuple[StatusCount, ...]
     send_lag_ms_p50: float | None
     send_lag_ms_p99: float | None
     send_lag_ms_max: float | None
@@ -115,22 +175,51 @@ def summarize_results(
     results_path: Path, speedup: float, slos: Sequence[Slo], lag_threshold_ms: float
 ) -> RunMetrics:
     """Compute the run summary of a finished results file with DuckDB."""
+    parameters = {
+        "path": str(results_path),
+        "ok": STATUS_OK,
+        "cancelled": STATUS_CANCELLED,
+        "stopped": ERROR_CANCELLED_BY_REPLAYER,
+    }
     connection = duckdb.connect()
     try:
         cursor = connection.cursor()
-        cursor.execute(
-            SUMMARY_SQL,
-            {"path": str(results_path), "ok": STATUS_OK, "quantiles": list(_QUANTILES)},
-        )
+        cursor.execute(SUMMARY_SQL, {**parameters, "quantiles": list(_QUANTILES)})
         names = [column[0] for column in cursor.description or []]
         values = dict(zip(names, cursor.fetchall()[0], strict=True))
+        cursor = connection.cursor()
+        cursor.execute(STATUS_SQL, parameters)
+        statuses = tuple(_status_count(*row) for row in cursor.fetchall())
     finally:
         connection.close()
-    return _build_metrics(values, speedup, slos, lag_threshold_ms)
+    return _build_metrics(values, statuses, speedup, slos, lag_threshold_ms)
+
+
+def _status_count(
+    status: str, requests: int, error: str | None, error_requests: int
+) -> StatusCount:
+    return StatusCount(
+        status=status,
+        requests=requests,
+        most_common_error=None if error is None else _shorten(error),
+        most_common_error_requests=0 if error is None else error_requests,
+    )
+
+
+def _shorten(text: str) -> str:
+    """Put `text` on one line and cut it to `_MAX_ERROR_CHARS` with "..."."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    if len(flat) <= _MAX_ERROR_CHARS:
+        return flat
+    return flat[: _MAX_ERROR_CHARS - 3].rstrip() + "..."
 
 
 def _build_metrics(
-    values: dict[str, Any], speedup: float, slos: Sequence[Slo], threshold_ms: float
+    values: dict[str, Any],
+    statuses: tuple[StatusCount, ...],
+    speedup: float,
+    slos: Sequence[Slo],
+    threshold_ms: float,
 ) -> RunMetrics:
     window_s = None
     if values["first_send_ms"] is not None and values["last_end_ms"] is not None:
@@ -148,6 +237,8 @@ def _build_metrics(
     return RunMetrics(
         requests=values["requests"],
         failed=values["failed"],
+        cancelled=values["cancelled"],
+        statuses=statuses,
         send_lag_ms_p50=_pair(values["send_lag_ms"])[0],
         send_lag_ms_p99=_pair(values["send_lag_ms"])[1],
         send_lag_ms_max=values["send_lag_ms_max"],
@@ -181,10 +272,11 @@ def _build_metrics(
 
 def format_summary(metrics: RunMetrics) -> list[str]:
     """Return the summary as lines of text for a terminal."""
+    lines = _status_lines(metrics)
     lag = _triple(
         metrics.send_lag_ms_p50, metrics.send_lag_ms_p99, metrics.send_lag_ms_max
     )
-    lines = [f"send lag (ms): {lag}"]
+    lines.append(f"send lag (ms): {lag}")
     if metrics.concurrency_wait_ms_max is not None:
         lines.append(
             "  of which concurrency wait (ms): "
@@ -219,6 +311,30 @@ def format_summary(metrics: RunMetrics) -> list[str]:
         p50 = getattr(metrics, f"{metric}_p50")
         p99 = getattr(metrics, f"{metric}_p99")
         lines.append(f"{metric}: p50 {_number(p50)}, p99 {_number(p99)}")
+    return lines
+
+
+def _status_lines(metrics: RunMetrics) -> list[str]:
+    """Return the rows per status, the most common errors and a warning."""
+    counts = [f"{entry.status} {entry.requests:,}" for entry in metrics.statuses]
+    if metrics.cancelled:
+        counts.append(f"{metrics.cancelled:,} cancelled by Ctrl-C")
+    if not counts:
+        return []
+    lines = ["statuses: " + ", ".join(counts)]
+    for entry in metrics.statuses:
+        if entry.status == STATUS_OK or entry.most_common_error is None:
+            continue
+        lines.append(
+            f"  {entry.status}, most common error ({entry.most_common_error_requests:,}"
+            f" of {entry.requests:,}): {entry.most_common_error}"
+        )
+    if metrics.failed:
+        lines.append(
+            f"WARNING: {metrics.failed:,} of {metrics.requests:,} requests failed; "
+            "throughput and latency count only ok requests, and the status and "
+            "error columns of the results say why each one failed"
+        )
     return lines
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
-from cmx.v1 import emulator_pb2, emulator_pb2_grpc
+from cmx.v1 import control_pb2, control_pb2_grpc, emulator_pb2, emulator_pb2_grpc
 
 __all__ = [
+    "FakeControl",
     "ScriptedEmulator",
     "StreamScript",
     "serve_fake_emulator",
@@ -92,6 +93,20 @@ class ScriptedEmulator(emulator_pb2_grpc.EmulatorServicer):
             )
 
 
+@dataclass
+class FakeControl(control_pb2_grpc.ControlServicer):
+    """Fake Control servicer whose GetConfig returns only `time_scale`."""
+
+    time_scale: float = 1.0
+
+    async def GetConfig(  # noqa: N802 - name fixed by the generated servicer
+        self,
+        request: control_pb2.GetConfigRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> control_pb2.EmulatorConfig:
+        return control_pb2.EmulatorConfig(time_scale=self.time_scale)
+
+
 def _summary(request_id: str, output_tokens: int) -> emulator_pb2.GenerateSummary:
     return emulator_pb2.GenerateSummary(
         request_id=request_id,
@@ -106,10 +121,17 @@ def _summary(request_id: str, output_tokens: int) -> emulator_pb2.GenerateSummar
 
 
 @contextlib.asynccontextmanager
-async def serve_fake_emulator(servicer: ScriptedEmulator) -> AsyncIterator[str]:
-    """Serve `servicer` on 127.0.0.1 and yield its "host:port" target."""
+async def serve_fake_emulator(
+    servicer: ScriptedEmulator, control: FakeControl | None = None
+) -> AsyncIterator[str]:
+    """Serve `servicer` on 127.0.0.1 and yield its "host:port" target.
+
+    Without `control`, calls of the Control service get UNIMPLEMENTED.
+    """
     server = grpc.aio.server()
     emulator_pb2_grpc.add_EmulatorServicer_to_server(servicer, server)
+    if control is not None:
+        control_pb2_grpc.add_ControlServicer_to_server(control, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

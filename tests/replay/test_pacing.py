@@ -183,7 +183,10 @@ def test_negative_handoff_is_rejected() -> None:
         asyncio.run(scenario())
 
 
-def test_monitor_warns_at_most_every_interval(
+BEHIND = "replay is behind schedule: "
+
+
+def test_monitor_reports_at_most_every_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
@@ -191,27 +194,108 @@ def test_monitor_warns_at_most_every_interval(
 
     with caplog.at_level(logging.WARNING, logger="replay.pacing"):
         monitor.record(5.0)
-        monitor.record(12.0)
+        monitor.record(12.0)  # first late send at 0 s: a report is due at 5 s
         clock.now_s = 1.0
         monitor.record(15.0)
         monitor.record(3.0)
+        clock.now_s = 5.0
+        monitor.record(11.0)  # reported with the four sends before it
         clock.now_s = 6.0
-        monitor.record(11.0)
+        monitor.record(4.0)
+        monitor.record(20.0)  # first late send at 6 s: due at 11 s
+        clock.now_s = 7.0
+        monitor.flush()
 
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2
-    assert messages[0].startswith(
-        "replay is behind schedule: 1 of the last 2 sends started more than "
-        "10 ms late (worst 12.0 ms)"
-    )
-    assert "cannot keep up with the test schedule" in messages[0]
-    assert messages[1].startswith(
-        "replay is behind schedule: 2 of the last 3 sends started more than "
-        "10 ms late (worst 15.0 ms)"
-    )
-    assert monitor.sends == 5
-    assert monitor.late_sends == 3
-    assert monitor.worst_ms == 15.0
+    assert messages == [
+        BEHIND + "3 of the last 5 sends started more than 10 ms late (worst "
+        "15.0 ms). This machine cannot keep up with the test schedule, so "
+        "requests reach the target later than the trace says",
+        # One late send is never enough to say the machine cannot keep up.
+        "1 of the last 2 sends started more than 10 ms late (worst 20.0 ms)",
+    ]
+    assert monitor.sends == 7
+    assert monitor.late_sends == 4
+    assert monitor.worst_ms == 20.0
+
+
+def test_monitor_one_late_send_is_plain(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    monitor = LagMonitor(10.0, "the test schedule", interval_s=5.0, clock=clock)
+
+    with caplog.at_level(logging.WARNING, logger="replay.pacing"):
+        for index in range(1360):
+            clock.now_s = index * 0.01
+            monitor.record(10.2 if index == 3 else 0.5)
+        monitor.flush()
+
+    # The report is due 5 s after the late send, at the 504th send.
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "1 of the last 504 sends started more than 10 ms late (worst 10.2 ms)"
+    ]
+
+
+def test_monitor_small_share_is_plain(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = LagMonitor(10.0, "the test schedule", clock=FakeClock())
+
+    # 2 late sends of 200 is 1%, not more.
+    with caplog.at_level(logging.WARNING, logger="replay.pacing"):
+        for index in range(200):
+            monitor.record(30.0 if index in (50, 150) else 0.0)
+        monitor.flush()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "2 of the last 200 sends started more than 10 ms late (worst 30.0 ms)"
+    ]
+
+
+def test_monitor_share_above_one_percent(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = LagMonitor(10.0, "the test schedule", clock=FakeClock())
+
+    # 3 late sends of 200, 1.5%, in falling order so only the share counts.
+    with caplog.at_level(logging.WARNING, logger="replay.pacing"):
+        for index in range(200):
+            monitor.record({10: 40.0, 11: 30.0, 12: 20.0}.get(index, 0.0))
+        monitor.flush()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1
+    assert messages[0].startswith(BEHIND + "3 of the last 200 sends")
+
+
+def test_monitor_growing_lateness(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = LagMonitor(10.0, "the test schedule", clock=FakeClock())
+
+    # 5 late sends in a row, each later than the one before, among 1,000.
+    with caplog.at_level(logging.WARNING, logger="replay.pacing"):
+        for index in range(1000):
+            late = 500 <= index < 505
+            monitor.record(11.0 + index - 500 if late else 0.0)
+        monitor.flush()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        BEHIND + "5 of the last 1000 sends started more than 10 ms late (worst "
+        "15.0 ms). This machine cannot keep up with the test schedule, so "
+        "requests reach the target later than the trace says"
+    ]
+
+
+def test_monitor_four_rising_are_plain(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = LagMonitor(10.0, "the test schedule", clock=FakeClock())
+
+    with caplog.at_level(logging.WARNING, logger="replay.pacing"):
+        for index in range(1000):
+            late = 500 <= index < 504
+            monitor.record(11.0 + index - 500 if late else 0.0)
+        monitor.flush()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "4 of the last 1000 sends started more than 10 ms late (worst 14.0 ms)"
+    ]
 
 
 def test_monitor_quiet_when_on_time(caplog: pytest.LogCaptureFixture) -> None:
@@ -220,6 +304,7 @@ def test_monitor_quiet_when_on_time(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="replay.pacing"):
         for lateness_ms in (0.0, 0.5, 10.0):
             monitor.record(lateness_ms)
+        monitor.flush()
 
     assert caplog.records == []
     assert monitor.late_sends == 0

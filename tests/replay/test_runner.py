@@ -38,6 +38,7 @@ from replay.runner import (
 )
 from tests.certificates import make_certificates
 from tests.replay.fake_emulator import (
+    FakeControl,
     ScriptedEmulator,
     StreamScript,
     serve_fake_emulator,
@@ -85,6 +86,7 @@ def run_against_fake(
     tmp_path: Path,
     arrivals_ms: Sequence[float] = ARRIVALS_MS,
     stop_after_s: float | None = None,
+    control: FakeControl | None = None,
 ) -> tuple[ReplaySummary, pa.Table]:
     """Replay a test trace against `servicer`; return the summary and rows."""
     trace_path = write_test_trace(tmp_path / "trace.parquet", arrivals_ms)
@@ -92,7 +94,7 @@ def run_against_fake(
 
     async def scenario() -> ReplaySummary:
         interrupt = Interrupt()
-        async with serve_fake_emulator(servicer) as target:
+        async with serve_fake_emulator(servicer, control) as target:
             config = ReplayConfig(
                 trace_path=trace_path,
                 target=target,
@@ -220,8 +222,13 @@ def test_interrupt_cancels_in_flight_and_keeps_rows(tmp_path: Path) -> None:
 
     assert summary.interrupted is True
     assert summary.sent == 2
+    assert summary.failed == 0
+    assert summary.cancelled == 2
+    assert summary.metrics.failed == 0
+    assert summary.metrics.cancelled == 2
     assert table.column("request_id").to_pylist() == ["r0", "r1"]
     assert table.column("status").to_pylist() == ["CANCELLED", "CANCELLED"]
+    assert table.column("error").to_pylist() == ["cancelled by the replayer"] * 2
     assert table.column("output_tokens_received").to_pylist() == [1, 1]
 
 
@@ -237,8 +244,15 @@ def test_unreachable_target_raises(tmp_path: Path) -> None:
         connect_timeout_s=0.3,
     )
 
-    with pytest.raises(ReplayError, match="could not connect"):
+    with pytest.raises(ReplayError) as raised:
         asyncio.run(replay(config))
+
+    assert str(raised.value) == (
+        f"could not connect to 127.0.0.1:{closed_port} within 0.3 s: Failed to "
+        "connect to remote host: Connection refused. Check that the emulator is "
+        "running and listening at that address, and connect with --tls-ca if it "
+        "serves TLS"
+    )
     assert list(tmp_path.iterdir()) == [trace_path]
 
 
@@ -347,8 +361,9 @@ def test_cli_replays_and_reports(
     assert lines[0] == (
         f"replay done: sent 5 requests, 0 failed; wrote 5 rows to {output_path}"
     )
-    assert lines[1].startswith("  send lag (ms): p50 ")
-    assert lines[2].startswith("  measured: 5 requests (5 ok) over ")
+    assert lines[1] == "  statuses: ok 5"
+    assert lines[2].startswith("  send lag (ms): p50 ")
+    assert lines[3].startswith("  measured: 5 requests (5 ok) over ")
 
 
 CLI_SCRIPT = """
@@ -384,9 +399,10 @@ def test_ctrl_c_twice_cancels_and_writes(tmp_path: Path) -> None:
 
     assert replay_process.returncode == replay_cli.EXIT_INTERRUPTED
     assert (
-        "replay interrupted: sent 2 requests, 2 failed; "
-        f"wrote 2 rows to {output_path}\n"
+        "replay interrupted: sent 2 requests, 0 failed, 2 cancelled by Ctrl-C; "
+        f"wrote 2 rows to {output_path}\n  statuses: 2 cancelled by Ctrl-C\n"
     ) in stderr
+    assert "WARNING: " not in stderr
     statuses = pq.read_table(output_path).column("status").to_pylist()
     assert statuses == ["CANCELLED", "CANCELLED"]
 
@@ -595,7 +611,7 @@ def test_lag_beyond_threshold_is_reported(
 
     assert summary.metrics.kept_up is False
     assert summary.late_sends == 5
-    assert "replay is behind schedule: 1 of the last 1 sends" in caplog.text
+    assert "replay is behind schedule: 5 of the last 5 sends" in caplog.text
 
 
 def test_summary_counts_rows(tmp_path: Path) -> None:
@@ -774,3 +790,5 @@ def test_cli_replays_over_mutual_tls(tmp_path: Path) -> None:
         "client_cert": str(certificates.client_cert),
         "server_name": None,
     }
+    # The server's Control service replied over the same mutual TLS channel.
+    assert run["server_time_scale"] == 50.0

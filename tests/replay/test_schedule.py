@@ -144,12 +144,55 @@ def test_window_measuring_nothing_is_rejected(tmp_path: Path) -> None:
         plan_for(tmp_path, ScheduleWindow(warmup_s=1.0, cooldown_s=1.0), 1.0)
 
 
-def test_window_after_last_arrival_sends_nothing(tmp_path: Path) -> None:
-    plan = plan_for(tmp_path, ScheduleWindow(start_s=10.0), 1.0)
+def test_window_after_last_arrival_is_rejected(tmp_path: Path) -> None:
+    trace_path = tmp_path / "trace.parquet"
+    # Arrivals 1000 to 2500 ms: they span 1.5 s from the first.
+    expected = (
+        "the window from 999,999 s to the end of the trace after the first "
+        "arrival contains no request: the 6 requests of "
+        f"{trace_path} arrive from 0 to 1.5 s after the first (trace time); "
+        "choose --start-s and --duration-s within that span"
+    )
 
-    assert plan.planned_requests == 0
-    assert plan.last_arrival_ms is None
-    assert collect(plan) == []
+    with pytest.raises(ReplayError) as raised:
+        plan_for(tmp_path, ScheduleWindow(start_s=999_999.0), 1.0)
+
+    assert str(raised.value) == expected
+
+
+def test_window_between_arrivals_is_rejected(tmp_path: Path) -> None:
+    # [1150, 1250) ms falls between the arrivals at 1100 and 1300.
+    window = ScheduleWindow(start_s=0.15, duration_s=0.1)
+
+    with pytest.raises(ReplayError) as raised:
+        plan_for(tmp_path, window, 1.0)
+
+    message = str(raised.value)
+    assert message.startswith("the window from 0.15 s to 0.25 s after the first ")
+    assert "arrive from 0 to 1.5 s after the first" in message
+
+
+def test_trace_without_rows_is_rejected(tmp_path: Path) -> None:
+    trace_path = write_test_trace(tmp_path / "trace.parquet", [])
+
+    with pytest.raises(ReplayError) as raised:
+        plan_schedule(trace_path, ScheduleWindow(), 1.0)
+
+    assert str(raised.value) == f"trace {trace_path} has no requests to replay"
+
+
+def test_csv_trace_points_to_import(tmp_path: Path) -> None:
+    source = tmp_path / "trace.csv"
+    source.write_text("timestamp,input_length,output_length\n0,10,2\n")
+
+    with pytest.raises(TraceFormatError) as raised:
+        plan_schedule(source, ScheduleWindow(), 1.0)
+
+    assert str(raised.value) == (
+        f"{source}: not a Parquet file; replay reads canonical trace Parquet, "
+        "so convert a CSV or JSON lines source first with 'cmx trace import "
+        "--format FORMAT SOURCE -o TRACE.parquet'"
+    )
 
 
 def test_requests_carry_trace_fields(tmp_path: Path) -> None:
@@ -249,9 +292,15 @@ def test_schedule_follows_formula(
     for gap_ms in gaps_ms[1:]:
         arrivals_ms.append(arrivals_ms[-1] + gap_ms)
     window = ScheduleWindow(start_s=start_s, duration_s=duration_s, limit=limit)
-    plan = plan_for(tmp_path_factory.mktemp("trace"), window, speedup, arrivals_ms)
+    expected = reference_sends(arrivals_ms, window, speedup)
+    folder = tmp_path_factory.mktemp("trace")
+    if not expected:
+        with pytest.raises(ReplayError, match="contains no request"):
+            plan_for(folder, window, speedup, arrivals_ms)
+        return
+    plan = plan_for(folder, window, speedup, arrivals_ms)
 
     got = [item.scheduled_send_ms for item in collect(plan)]
-    assert got == reference_sends(arrivals_ms, window, speedup)
+    assert got == expected
     assert got == sorted(got)
     assert all(send_ms >= 0.0 for send_ms in got)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from replay.metrics import Slo, SloMetric
-from replay.results import ResultRow, ResultsWriter
-from replay.summary import RunMetrics, format_summary, summarize_results
+from replay.results import ERROR_CANCELLED_BY_REPLAYER, ResultRow, ResultsWriter
+from replay.summary import RunMetrics, StatusCount, format_summary, summarize_results
 
 SLOS = (Slo(SloMetric.TTFT_MS, 120.0),)
 
@@ -17,6 +17,7 @@ def row(
     request_id: str,
     *,
     status: str = "ok",
+    error: str | None = None,
     send_ms: float,
     lag_ms: float,
     wall_e2e_ms: float,
@@ -37,7 +38,7 @@ def row(
         output_tokens=tokens,
         output_tokens_received=tokens,
         status=status,
-        error=None,
+        error=error,
         ttft_ms=ttft_ms,
         tpot_ms=tpot_ms,
         e2e_ms=None,
@@ -167,6 +168,9 @@ def test_empty_results_give_nulls(tmp_path: Path) -> None:
     metrics = summarize(tmp_path, [])
 
     assert metrics.requests == 0
+    assert metrics.cancelled == 0
+    assert metrics.statuses == ()
+    assert format_summary(metrics)[0] == "send lag (ms): p50 n/a, p99 n/a, max n/a"
     assert metrics.send_lag_ms_p50 is None
     assert metrics.window_s is None
     assert metrics.requests_per_s is None
@@ -176,9 +180,115 @@ def test_empty_results_give_nulls(tmp_path: Path) -> None:
 def test_format_summary_lines(tmp_path: Path) -> None:
     lines = format_summary(summarize(tmp_path, ROWS, threshold_ms=5.0))
 
-    assert lines[0] == "send lag (ms): p50 3.000, p99 9.760, max 10.0"
-    assert lines[1].startswith("WARNING: the sender's own p99 lag of 9.8 ms exceeds")
-    assert lines[2] == "measured: 4 requests (3 ok) over 0.710 s of wall time"
-    assert lines[4] == (
+    assert lines[0] == "statuses: ok 4, RESOURCE_EXHAUSTED 1"
+    assert lines[1] == (
+        "WARNING: 1 of 5 requests failed; throughput and latency count only ok "
+        "requests, and the status and error columns of the results say why each "
+        "one failed"
+    )
+    assert lines[2] == "send lag (ms): p50 3.000, p99 9.760, max 10.0"
+    assert lines[3].startswith("WARNING: the sender's own p99 lag of 9.8 ms exceeds")
+    assert lines[4] == "measured: 4 requests (3 ok) over 0.710 s of wall time"
+    assert lines[6] == (
         "goodput: 2.817 requests/s (wall), 50.0% of measured requests meet ttft_ms<=120"
     )
+
+
+def failure_rows() -> list[ResultRow]:
+    """Two ok rows, four UNAVAILABLE, two DEADLINE_EXCEEDED and three CANCELLED."""
+    refused = "failed to connect to all addresses; last error: Connection refused"
+    statuses_and_errors = [
+        ("ok", None),
+        ("ok", None),
+        ("UNAVAILABLE", refused),
+        ("UNAVAILABLE", "decode instance failed"),
+        ("UNAVAILABLE", refused),
+        ("UNAVAILABLE", refused),
+        # A tie between two texts goes to the first in sort order.
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded"),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded after retry"),
+        ("CANCELLED", ERROR_CANCELLED_BY_REPLAYER),
+        ("CANCELLED", ERROR_CANCELLED_BY_REPLAYER),
+        # CANCELLED sent by the server is a failure, not a user's stop.
+        ("CANCELLED", "cancelled by the server"),
+    ]
+    return [
+        row(f"r{index:02d}", status=status, error=error, send_ms=index, lag_ms=0.5,
+            wall_e2e_ms=10, tokens=1, ttft_ms=5.0 if status == "ok" else None)
+        for index, (status, error) in enumerate(statuses_and_errors)
+    ]  # fmt: skip
+
+
+def test_statuses_count_rows_and_errors(tmp_path: Path) -> None:
+    metrics = summarize(tmp_path, failure_rows())
+
+    assert metrics.requests == 11
+    assert metrics.failed == 7
+    assert metrics.cancelled == 2
+    assert metrics.statuses == (
+        StatusCount("ok", 2, None, 0),
+        StatusCount(
+            "UNAVAILABLE",
+            4,
+            "failed to connect to all addresses; last error: Connection refused",
+            3,
+        ),
+        StatusCount("DEADLINE_EXCEEDED", 2, "Deadline Exceeded", 1),
+        StatusCount("CANCELLED", 1, "cancelled by the server", 1),
+    )
+
+
+def test_status_lines_show_errors_and_cancels(tmp_path: Path) -> None:
+    lines = format_summary(summarize(tmp_path, failure_rows()))
+
+    assert lines[:5] == [
+        "statuses: ok 2, UNAVAILABLE 4, DEADLINE_EXCEEDED 2, CANCELLED 1, "
+        "2 cancelled by Ctrl-C",
+        "  UNAVAILABLE, most common error (3 of 4): failed to connect to all "
+        "addresses; last error: Connection refused",
+        "  DEADLINE_EXCEEDED, most common error (1 of 2): Deadline Exceeded",
+        "  CANCELLED, most common error (1 of 1): cancelled by the server",
+        "WARNING: 7 of 11 requests failed; throughput and latency count only ok "
+        "requests, and the status and error columns of the results say why each "
+        "one failed",
+    ]
+
+
+def test_long_error_is_shortened(tmp_path: Path) -> None:
+    error = "Tls handshake failed\n  " + "x" * 300
+    rows = [row("r0", status="UNAVAILABLE", error=error, send_ms=1, lag_ms=0.5,
+                wall_e2e_ms=1, tokens=0)]  # fmt: skip
+    metrics = summarize(tmp_path, rows)
+
+    shortened = metrics.statuses[0].most_common_error
+    assert shortened == "Tls handshake failed " + "x" * 136 + "..."
+    assert len(shortened) == 160
+
+
+def test_cancelled_only_run_has_no_warning(tmp_path: Path) -> None:
+    rows = [row(f"r{index}", status="CANCELLED", error=ERROR_CANCELLED_BY_REPLAYER,
+                send_ms=1, lag_ms=0.5, wall_e2e_ms=1, tokens=0)
+            for index in range(3)]  # fmt: skip
+    metrics = summarize(tmp_path, rows)
+    lines = format_summary(metrics)
+
+    assert metrics.failed == 0
+    assert metrics.cancelled == 3
+    assert metrics.statuses == ()
+    assert lines[0] == "statuses: 3 cancelled by Ctrl-C"
+    assert lines[1].startswith("send lag (ms): ")
+
+
+def test_json_lists_statuses(tmp_path: Path) -> None:
+    printed = summarize(tmp_path, failure_rows()).to_dict()
+
+    assert printed["failed"] == 7
+    assert printed["cancelled"] == 2
+    assert printed["statuses"][1] == {
+        "status": "UNAVAILABLE",
+        "requests": 4,
+        "most_common_error": (
+            "failed to connect to all addresses; last error: Connection refused"
+        ),
+        "most_common_error_requests": 3,
+    }
