@@ -8,8 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from replay.client import TlsConfig
-from replay.errors import ReplayError
+from replay.client import TlsConfig, tls_from_options
 from replay.metrics import SloMetric, parse_slo
 from replay.pacing import DEFAULT_HANDOFF_S
 from replay.runner import ReplayConfig, ReplaySummary, run_replay
@@ -219,22 +218,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tls_config(args: argparse.Namespace) -> TlsConfig | None:
-    """TLS settings from the options, or None for plaintext."""
-    given = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
-    if not args.tls and all(value is None for value in given):
-        return None
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ReplayError(
-            "--tls-cert and --tls-key must be given together for mutual TLS"
-        )
-    for option, path in (
-        ("--tls-ca", args.tls_ca),
-        ("--tls-cert", args.tls_cert),
-        ("--tls-key", args.tls_key),
-    ):
-        if path is not None and not path.is_file():
-            raise ReplayError(f"{option} {path}: no such file")
-    return TlsConfig(
+    """Return the TLS settings of the options, or None for plaintext."""
+    return tls_from_options(
+        enabled=args.tls,
         root_ca=args.tls_ca,
         client_cert=args.tls_cert,
         client_key=args.tls_key,

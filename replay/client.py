@@ -58,10 +58,12 @@ __all__ = [
     "RetryPolicy",
     "StartedCall",
     "TlsConfig",
+    "check_tls_files",
     "generate",
     "generate_sync",
     "open_channel",
     "open_sync_channel",
+    "tls_from_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,6 +170,58 @@ class TlsConfig:
             "client_cert": None if self.client_cert is None else str(self.client_cert),
             "server_name": self.server_name,
         }
+
+
+def tls_from_options(
+    *,
+    enabled: bool,
+    root_ca: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    server_name: str | None,
+    prefix: str = "--tls",
+) -> TlsConfig | None:
+    """Return the TLS settings of command-line options, or None for plaintext.
+
+    Any value, or `enabled`, turns TLS on. Messages name the options as
+    `{prefix}-ca`, `{prefix}-cert` and `{prefix}-key`. Raises ReplayError
+    when only one of certificate and key is given or a file is missing.
+    """
+    values = (root_ca, client_cert, client_key, server_name)
+    if not enabled and all(value is None for value in values):
+        return None
+    cert_option, key_option = f"{prefix}-cert", f"{prefix}-key"
+    if (client_cert is None) != (client_key is None):
+        given, missing = (cert_option, key_option)
+        if client_cert is None:
+            given, missing = missing, given
+        raise ReplayError(
+            f"{given} was given without {missing}. Give both (the client "
+            "certificate and its private key) for mutual TLS, or neither"
+        )
+    tls = TlsConfig(
+        root_ca=root_ca,
+        client_cert=client_cert,
+        client_key=client_key,
+        server_name=server_name,
+    )
+    check_tls_files(tls, prefix)
+    return tls
+
+
+def check_tls_files(tls: TlsConfig, prefix: str = "--tls") -> None:
+    """Raise ReplayError naming the option of a TLS file that is not a file."""
+    for suffix, path in (
+        ("-ca", tls.root_ca),
+        ("-cert", tls.client_cert),
+        ("-key", tls.client_key),
+    ):
+        if path is None or path.is_file():
+            continue
+        option = prefix + suffix
+        if path.exists():
+            raise ReplayError(f"{option} {path} is not a file; give a PEM file")
+        raise ReplayError(f"{option} {path}: PEM file not found")
 
 
 def _read_optional(path: Path | None) -> bytes | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replay.client import TlsConfig
+from replay.client import TlsConfig, check_tls_files, tls_from_options
 from replay.errors import ReplayError
 from replay.runner import parse_target
 
@@ -201,7 +201,7 @@ class LocustRunConfig:
                 f"--cmx-limit must be at least 1 request, not {self.limit}"
             )
         if self.tls is not None:
-            _check_tls_files(self.tls)
+            check_tls_files(self.tls, "--cmx-tls")
 
     @classmethod
     def from_options(
@@ -287,44 +287,14 @@ def _optional_number(
 
 def _tls_from_options(options: argparse.Namespace) -> TlsConfig | None:
     """Return the TLS settings of the `--cmx-tls*` options, None for plaintext."""
-    root_ca = _optional_path(options.cmx_tls_ca)
-    client_cert = _optional_path(options.cmx_tls_cert)
-    client_key = _optional_path(options.cmx_tls_key)
-    server_name = _optional_text(options.cmx_tls_server_name)
-    tls_values = (root_ca, client_cert, client_key, server_name)
-    tls_on = _flag("--cmx-tls", options.cmx_tls)
-    if not tls_on and all(value is None for value in tls_values):
-        return None
-
-    if client_cert is not None and client_key is None:
-        raise ReplayError(
-            "--cmx-tls-cert was given without --cmx-tls-key. Give both (the "
-            "client certificate and its private key) for mutual TLS, or neither"
-        )
-    if client_key is not None and client_cert is None:
-        raise ReplayError(
-            "--cmx-tls-key was given without --cmx-tls-cert. Give both (the "
-            "client certificate and its private key) for mutual TLS, or neither"
-        )
-    return TlsConfig(
-        root_ca=root_ca,
-        client_cert=client_cert,
-        client_key=client_key,
-        server_name=server_name,
+    return tls_from_options(
+        enabled=_flag("--cmx-tls", options.cmx_tls),
+        root_ca=_optional_path(options.cmx_tls_ca),
+        client_cert=_optional_path(options.cmx_tls_cert),
+        client_key=_optional_path(options.cmx_tls_key),
+        server_name=_optional_text(options.cmx_tls_server_name),
+        prefix="--cmx-tls",
     )
-
-
-def _check_tls_files(tls: TlsConfig) -> None:
-    for option, path in (
-        ("--cmx-tls-ca", tls.root_ca),
-        ("--cmx-tls-cert", tls.client_cert),
-        ("--cmx-tls-key", tls.client_key),
-    ):
-        if path is None or path.is_file():
-            continue
-        if path.exists():
-            raise ReplayError(f"{option} {path} is not a file; give a PEM file")
-        raise ReplayError(f"{option} {path}: PEM file not found")
 
 
 def _optional_text(value: object) -> str | None:

@@ -723,8 +723,8 @@ def test_cli_parses_window_and_slo_options() -> None:
         (["--max-concurrency", "0"], "max_concurrency must be at least 1"),
         (["--start-s", "-1"], "start_s must be a number >= 0"),
         (["--timer-handoff-ms", "5000"], "timer_handoff_s must be between 0 and 1"),
-        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key must be given together"),
-        (["--tls-ca", "absent.pem"], "--tls-ca absent.pem: no such file"),
+        (["--tls-cert", "c.pem"], "--tls-cert was given without --tls-key. Give both"),
+        (["--tls-ca", "absent.pem"], "--tls-ca absent.pem: PEM file not found"),
     ],
 )
 def test_cli_rejects_bad_replay_option(
