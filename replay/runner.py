@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import cast
 
 import grpc.aio
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -78,7 +80,7 @@ __all__ = [
     "ReplaySummary",
     "build_row",
     "parse_target",
-    "read_server_time_scale",
+    "read_server_config",
     "replay",
     "run_replay",
     "software_versions",
@@ -370,14 +372,23 @@ async def replay(
     channel = open_channel(config.target, config.tls)
     try:
         await _wait_for_connection(channel, config)
-        server_time_scale = await read_server_time_scale(channel)
+        server_config = await read_server_config(channel)
+        server_time_scale = None
+        if server_config is not None:
+            server_time_scale = server_config.time_scale
         _warn_if_time_scale_differs(config.speedup, server_time_scale)
         started_at = datetime.now(timezone.utc)
-        # NOTE: the emulator's hardware and model profiles are not stored,
-        # because the wire contract has no call that returns them yet.
         metadata = {
             "trace": json.dumps(plan.describe(), sort_keys=True),
             "versions": json.dumps(software_versions(), sort_keys=True),
+            # Profiles and deployment as the target reports them; null for a
+            # target without a reachable Control service.
+            "server_config": json.dumps(
+                None
+                if server_config is None
+                else json_format.MessageToDict(server_config),
+                sort_keys=True,
+            ),
         }
         with (
             ResultsWriter(
@@ -746,11 +757,15 @@ def _tls_options(tls: TlsConfig) -> str:
     return ", ".join(given) if given else "--tls, with the system's CA certificates"
 
 
-async def read_server_time_scale(channel: grpc.aio.Channel) -> float | None:
-    """Return the target's time scale from its Control service, or None.
+async def read_server_config(
+    channel: grpc.aio.Channel,
+) -> control_pb2.EmulatorConfig | None:
+    """Return the target's configuration from its Control service, or None.
 
-    The Control service may be turned off or served on another port, so a
-    failed call is logged at debug level only.
+    The configuration names the hardware and model profiles and gives the
+    deployment, time scale and admission limits. The Control service may be
+    turned off or served on another port, so a failed call is logged at
+    debug level only.
     """
     control = control_pb2_grpc.ControlStub(channel)
     try:
@@ -759,12 +774,12 @@ async def read_server_time_scale(channel: grpc.aio.Channel) -> float | None:
         )
     except grpc.aio.AioRpcError as error:
         logger.debug(
-            "cannot read the target's time scale: %s %s",
+            "cannot read the target's configuration: %s %s",
             error.code().name,
             error.details(),
         )
         return None
-    return float(config.time_scale)
+    return cast(control_pb2.EmulatorConfig, config)
 
 
 def _warn_if_time_scale_differs(speedup: float, time_scale: float | None) -> None:

@@ -210,8 +210,14 @@ def test_time_scale_unknown_without_control(
     )
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    server_config = json.loads(
+        pq.read_schema(tmp_path / "results.parquet").metadata[
+            b"cmx.results.server_config"
+        ]
+    )
     assert run_config["server_time_scale"] is None
-    assert "cannot read the target's time scale: UNIMPLEMENTED" in " ".join(debug)
+    assert server_config is None
+    assert "cannot read the target's configuration: UNIMPLEMENTED" in " ".join(debug)
     assert warnings == []
 
 

@@ -792,3 +792,9 @@ def test_cli_replays_over_mutual_tls(tmp_path: Path) -> None:
     }
     # The server's Control service replied over the same mutual TLS channel.
     assert run["server_time_scale"] == 50.0
+    server = json.loads(table.schema.metadata[b"cmx.results.server_config"])
+    assert server["hardwareName"] == "CloudMatrix384"
+    assert server["modelName"] == "DeepSeek-R1"
+    assert server["timeScale"] == 50.0
+    assert server["deployment"]["prefill_instances"] == 6
+    assert server["deployment"]["decode_instances"] == 1
