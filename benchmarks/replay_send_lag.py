@@ -10,12 +10,12 @@ timer thread used elsewhere, and the event loop's timers only
 results file, the sender's verdict, and the CPU time the replayer used.
 
 With --pin the emulator's threads run on the last CPU and the replayer on
-the others, so that the two do not take CPU time from each other; without
-it they share every CPU, as they do by default.
+the others, so the two do not take CPU time from each other. Without it they
+share every CPU, as they do by default.
 
 Usage: .venv/bin/python benchmarks/replay_send_lag.py [--rate 500]
 [--seconds 20] [--pin] [--out-dir DIR]. The emulator runs at time scale 1,
-so the trace's load is what it sees.
+so it serves the trace's own load.
 """
 
 from __future__ import annotations

@@ -64,20 +64,21 @@ class _EncryptedKey(Exception):
 def check_identity(cert_chain: Path, private_key: Path) -> None:
     """Check that a certificate chain and its private key can serve TLS.
 
-    Raises TlsFileError naming the file that is missing or unreadable,
-    contains no PEM certificate or no usable PEM private key, or contains a
-    key that is encrypted with a passphrase (gRPC cannot decrypt one) or
-    that does not match the first certificate of the chain.
+    Raises TlsFileError naming the file that is missing or unreadable, or
+    that contains no PEM certificate or no usable PEM private key. It also
+    names a key encrypted with a passphrase, since gRPC's server credentials
+    take no passphrase, and a key that does not match the chain's first
+    certificate.
     """
     check_ca_file(cert_chain, TlsRole.CERT_CHAIN)
     _check_readable(TlsRole.PRIVATE_KEY, private_key)
 
-    def refuse_passphrase() -> str:
+    def reject_passphrase() -> str:
         raise _EncryptedKey
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(cert_chain, private_key, password=refuse_passphrase)
+        context.load_cert_chain(cert_chain, private_key, password=reject_passphrase)
     except _EncryptedKey:
         raise TlsFileError(
             TlsRole.PRIVATE_KEY,

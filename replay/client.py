@@ -164,7 +164,7 @@ class TlsConfig:
         return [("grpc.ssl_target_name_override", self.server_name)]
 
     def describe(self) -> dict[str, str | None]:
-        """The settings for a run's metadata: file names, never the key's."""
+        """Return the settings for a run's metadata: file names, never the key's."""
         return {
             "root_ca": None if self.root_ca is None else str(self.root_ca),
             "client_cert": None if self.client_cert is None else str(self.client_cert),
@@ -408,8 +408,8 @@ class StartedCall:
     Creating it stamps the send instant and starts the call in the calling
     task. A caller that must send on time (the replayer) then does not wait
     one more turn of the event loop for a new task to start the call.
-    `on_chunk` sees every token chunk's timestamps, of this attempt and of
-    any retry.
+    `on_chunk` receives the timestamps of every token chunk, of this attempt
+    and of any retry.
     """
 
     def __init__(

@@ -146,7 +146,7 @@ class Pacer:
 
 
 def precise_clock_name() -> str:
-    """Which precise clock this machine gives `Pacer`: "timerfd" or "thread"."""
+    """Return the precise clock `Pacer` uses on this machine: "timerfd" or "thread"."""
     return "timerfd" if _timerfd_api() is not None else "thread"
 
 
@@ -322,8 +322,9 @@ class _LibcTimerFd:
     """timerfd through the C library, for Pythons before 3.13."""
 
     def __init__(self) -> None:
-        # PyDLL keeps the GIL during the call: these calls never block, and
-        # taking the GIL back afterwards could wait on another thread.
+        # timerfd_create and timerfd_settime return at once, so PyDLL keeps
+        # the GIL during them. CDLL would release it and could then wait for
+        # another thread to give it back.
         libc = ctypes.PyDLL(None, use_errno=True)
         self._create = libc.timerfd_create
         self._create.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -123,7 +123,7 @@ class ResultRow:
 
 
 def is_cancelled_by_replayer(status: str, error: str | None) -> bool:
-    """Whether a row's status and error show that the replayer cancelled it."""
+    """Return whether a row's status and error show that the replayer cancelled it."""
     return status == STATUS_CANCELLED and error == ERROR_CANCELLED_BY_REPLAYER
 
 

@@ -58,7 +58,7 @@ def check_output(output: Path, force: bool) -> Path:
 
 
 def is_same_file(first: Path, second: Path) -> bool:
-    """Whether two paths name the same file (through links too) or would."""
+    """Return whether two paths name the same file, through links too, or would."""
     try:
         return first.samefile(second)
     except OSError:  # one of them does not exist yet

@@ -91,7 +91,7 @@ def test_ok_outcome_keeps_summary_and_wall_times() -> None:
     assert outcome.sent_at_s < outcome.first_token_at_s <= outcome.finished_at_s
 
 
-def test_started_call_is_stamped_when_started_not_when_read() -> None:
+def test_started_call_keeps_start_time() -> None:
     """A call started 50 ms before `generate` reads it keeps its start instant."""
 
     async def scenario() -> tuple[Outcome, float]:

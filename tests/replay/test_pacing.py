@@ -129,7 +129,7 @@ def test_error_in_action_reaches_the_waiter(clock: str) -> None:
         asyncio.run(scenario())
 
 
-def test_overdue_sends_go_out_without_a_turn_of_the_loop() -> None:
+def test_overdue_sends_skip_loop_turn() -> None:
     """Sends already due run back to back, yielding once per 17 in a row."""
 
     async def scenario() -> list[int]:
